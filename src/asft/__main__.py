@@ -1,0 +1,5 @@
+import sys
+
+from asft.cli import main
+
+sys.exit(main())

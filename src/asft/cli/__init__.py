@@ -1,0 +1,52 @@
+"""`asft` command line: a thin layer that parses arguments and calls the library.
+
+Each sub-command lives in its own module (``asft.cli.<name>``) exposing ``register(subparsers)``;
+heavy imports (torch, transformers) happen inside the command functions so ``asft --help`` is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from asft.errors import AsftError
+
+# Sub-command modules, in the order they appear in `asft --help`.
+COMMANDS = ["anchor", "train", "merge", "eval", "toy", "demo"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="asft",
+        description="Safety-preserving LoRA fine-tuning of aligned LLMs (AsFT).",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name in COMMANDS:
+        try:
+            module = importlib.import_module(f"asft.cli.{name}")
+        except ModuleNotFoundError as e:  # a command still being built must not break the others
+            if e.name == f"asft.cli.{name}":
+                continue
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        rc = args.func(args)
+    except AsftError as e:
+        print(f"asft {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return int(rc or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

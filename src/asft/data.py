@@ -1,0 +1,158 @@
+"""Training records, prompt templates and label masking.
+
+A record is ``{"instruction": str, "input": str (optional), "output": str}``, the format of the
+reference data (``train/<task>/<task>_<N>k_p_<P>.json``). Loss is taken on response tokens only.
+
+Templates (``--template``):
+  ``alpaca``  the reference instruction format: a system line, ``### Instruction:``, optional
+              ``### Input:``, ``### Response:`` (used by the reference training and evaluation code);
+  ``llama2``  Llama-2 chat: ``[INST] <<SYS>>\\n{system}\\n<</SYS>>\\n\\n{instruction} [/INST]``;
+  ``chat``    the tokenizer's own chat template (``tokenizer.apply_chat_template``).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from asft.errors import AsftError
+from asft.fileio import read_json
+
+TEMPLATES = ("alpaca", "llama2", "chat")
+
+ALPACA_SYSTEM_INPUT = (
+    "Below is an instruction that describes a task, paired with an input that provides further "
+    "context. Write a response that appropriately completes the request."
+)
+ALPACA_SYSTEM = (
+    "Below is an instruction that describes a task. Write a response that appropriately "
+    "completes the request."
+)
+LLAMA2_SYSTEM = "You are a helpful assistant. Make sure you always execute users' instructions."
+
+IGNORE_INDEX = -100
+
+
+def load_records(path: str | Path, require_output: bool = True) -> list[dict]:
+    """Load and validate a JSON list / JSONL file of records. Raises AsftError naming the record."""
+    path = Path(path)
+    rows = read_json(path)
+    if isinstance(rows, dict):
+        raise AsftError(f"{path}: expected a JSON list of records, got an object")
+    if not isinstance(rows, list) or not rows:
+        raise AsftError(f"{path}: expected a non-empty list of records")
+    need = ("instruction", "output") if require_output else ("instruction",)
+    for i, r in enumerate(rows):
+        if not isinstance(r, dict):
+            raise AsftError(f"{path}: record {i} is not an object")
+        for key in need:
+            if not isinstance(r.get(key), str):
+                raise AsftError(f"{path}: record {i} has no string field {key!r}")
+        if "input" in r and r["input"] is not None and not isinstance(r["input"], str):
+            raise AsftError(f"{path}: record {i} field 'input' is not a string")
+    return rows
+
+
+def format_prompt(record: dict, template: str = "alpaca", tokenizer: Any = None,
+                  system: str | None = None) -> str:
+    """The prompt text the model sees before its response (generation starts right after it)."""
+    instruction, inp = record["instruction"], (record.get("input") or "")
+    if template == "alpaca":
+        if inp:
+            sys_line = ALPACA_SYSTEM_INPUT if system is None else system
+            return f"{sys_line}\n\n### Instruction:\n{instruction}\n\n### Input:\n{inp}\n\n### Response:\n"
+        sys_line = ALPACA_SYSTEM if system is None else system
+        return f"{sys_line}\n\n### Instruction:\n{instruction}\n\n### Response:\n"
+    if template == "llama2":
+        body = f"{instruction}\n\n{inp}" if inp else instruction
+        return f"[INST] <<SYS>>\n{system or LLAMA2_SYSTEM}\n<</SYS>>\n\n{body} [/INST] "
+    if template == "chat":
+        if tokenizer is None or not getattr(tokenizer, "chat_template", None):
+            raise AsftError("template 'chat' needs a tokenizer with a chat template")
+        body = f"{instruction}\n\n{inp}" if inp else instruction
+        messages = ([{"role": "system", "content": system}] if system else []) + [
+            {"role": "user", "content": body}]
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    raise AsftError(f"unknown template {template!r} (choose from {', '.join(TEMPLATES)})")
+
+
+def encode_prompt(tokenizer: Any, prompt: str, template: str) -> list[int]:
+    """Token ids of a prompt. Chat templates carry their own BOS; the others get the tokenizer's."""
+    return tokenizer(prompt, add_special_tokens=(template != "chat"))["input_ids"]
+
+
+@dataclass
+class Encoded:
+    input_ids: list[int]
+    labels: list[int]
+    truncated: bool
+
+
+def encode_example(record: dict, tokenizer: Any, template: str = "alpaca",
+                   max_length: int = 512) -> Encoded:
+    """Prompt + response + EOS, labels masked (-100) on the prompt, truncated to ``max_length``.
+
+    Prompt and response are tokenized separately so that the mask boundary is exact and the
+    prompt's tokens are the ones the model will see at generation time.
+    """
+    prompt_ids = encode_prompt(tokenizer, format_prompt(record, template, tokenizer), template)
+    response_ids = tokenizer(record["output"], add_special_tokens=False)["input_ids"]
+    if tokenizer.eos_token_id is not None:
+        response_ids = response_ids + [tokenizer.eos_token_id]
+    ids = prompt_ids + response_ids
+    labels = [IGNORE_INDEX] * len(prompt_ids) + response_ids
+    truncated = len(ids) > max_length
+    return Encoded(ids[:max_length], labels[:max_length], truncated)
+
+
+class SupervisedDataset(torch.utils.data.Dataset):
+    """Records encoded once up front; ``n_truncated`` counts examples cut at ``max_length``."""
+
+    def __init__(self, records: Sequence[dict], tokenizer: Any, template: str = "alpaca",
+                 max_length: int = 512):
+        self.examples = [encode_example(r, tokenizer, template, max_length) for r in records]
+        self.n_truncated = sum(e.truncated for e in self.examples)
+        self.n_no_target = sum(all(l == IGNORE_INDEX for l in e.labels) for e in self.examples)
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, i: int) -> dict:
+        e = self.examples[i]
+        return {"input_ids": e.input_ids, "labels": e.labels}
+
+
+@dataclass
+class PadCollator:
+    """Right-pads a batch: input_ids with the pad id, labels with -100, plus an attention mask."""
+
+    pad_token_id: int
+
+    def __call__(self, batch: list[dict]) -> dict[str, torch.Tensor]:
+        n = max(len(b["input_ids"]) for b in batch)
+        ids = torch.full((len(batch), n), self.pad_token_id, dtype=torch.long)
+        labels = torch.full((len(batch), n), IGNORE_INDEX, dtype=torch.long)
+        mask = torch.zeros((len(batch), n), dtype=torch.long)
+        for i, b in enumerate(batch):
+            k = len(b["input_ids"])
+            ids[i, :k] = torch.tensor(b["input_ids"])
+            labels[i, :k] = torch.tensor(b["labels"])
+            mask[i, :k] = 1
+        return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+
+
+def mix_records(task: Sequence[dict], harmful: Sequence[dict], n: int, p: float,
+                seed: int = 42) -> list[dict]:
+    """``n`` records of which ``round(n * p)`` are harmful, shuffled deterministically."""
+    n_harm = round(n * p)
+    if n - n_harm > len(task) or n_harm > len(harmful):
+        raise AsftError(f"not enough records for n={n}, p={p}: have {len(task)} task, "
+                        f"{len(harmful)} harmful")
+    rng = random.Random(seed)
+    rows = rng.sample(list(task), n - n_harm) + rng.sample(list(harmful), n_harm)
+    rng.shuffle(rows)
+    return rows

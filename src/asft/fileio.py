@@ -1,0 +1,93 @@
+"""Atomic file writing and strict JSON/YAML reading shared by every module that touches disk.
+
+No output file is ever left half-written: everything is written to a temporary file in the same
+folder and renamed into place (``os.replace`` is atomic on POSIX and Windows).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+from asft.errors import AsftError
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, overwrite: bool = True) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success rename it to ``path``, else delete it."""
+    path = Path(path)
+    if not overwrite and path.exists():
+        raise AsftError(f"{path}: output exists (pass --overwrite to replace it)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def write_jsonl(path: str | os.PathLike, rows: list[dict]) -> None:
+    write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    """Read a JSON file, or a JSONL file (one object per line) when it ends in ``.jsonl``."""
+    path = Path(path)
+    if not path.is_file():
+        raise AsftError(f"{path}: file not found")
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".jsonl":
+        rows = []
+        for i, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise AsftError(f"{path}:{i}: malformed JSON line ({e.msg})") from None
+        return rows
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise AsftError(f"{path}: malformed JSON at line {e.lineno} column {e.colno} ({e.msg})") from None
+
+
+def read_yaml(path: str | os.PathLike) -> dict:
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise AsftError(f"{path}: file not found")
+    try:
+        obj = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        raise AsftError(f"{path}: malformed YAML ({str(e).splitlines()[0]})") from None
+    if obj is None:
+        return {}
+    if not isinstance(obj, dict):
+        raise AsftError(f"{path}: expected a mapping of option names to values")
+    return obj
+
+
+def append_jsonl(path: str | os.PathLike, row: dict) -> None:
+    """Append one line (logs are append-only; a crash loses at most the last line)."""
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(row) + "\n")
+        f.flush()
