@@ -1,0 +1,23 @@
+"""`asft merge`: fold a LoRA adapter into its model and write a plain model folder."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("merge", help="merge a LoRA adapter into its model (writes a model folder)")
+    p.add_argument("--model", required=True, help="model folder the adapter was trained on")
+    p.add_argument("--adapter", required=True, help="adapter folder (from asft train)")
+    p.add_argument("--out", required=True, help="output model folder")
+    p.add_argument("--dtype", default="auto", help="auto, float32, bfloat16 or float16")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from asft.train import merge
+
+    out = merge(args.model, args.adapter, args.out, dtype=args.dtype, overwrite=args.overwrite)
+    print(f"merged model written to {out}")
+    return 0

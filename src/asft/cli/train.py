@@ -1,0 +1,68 @@
+"""`asft train`: LoRA fine-tuning with the AsFT penalty (or sft / the l2 control)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from asft.train import TrainConfig
+
+    p = sub.add_parser(
+        "train", help="fine-tune an aligned model with LoRA (sft, asft or the l2 control)",
+        description="Fine-tune an aligned model with LoRA. Defaults are the AsFT reference code's; "
+                    "flags override a --config YAML file, which overrides the defaults.",
+)
+    p.add_argument("--config", help="YAML file of options (keys as the long flags, with underscores)")
+    defaults = TrainConfig()
+    for f in dataclasses.fields(TrainConfig):
+        if f.name in ("progress",):
+            continue
+        default = getattr(defaults, f.name)
+        help = f"{f.metadata['help']} (default: {default})"
+        # Flags default to None so that a --config file can supply what the command line omits.
+        if isinstance(default, bool):
+            p.add_argument(_flag(f.name), action=argparse.BooleanOptionalAction, default=None,
+                           help=help)
+        elif isinstance(default, list):
+            p.add_argument(_flag(f.name), type=lambda s: [t for t in s.split(",") if t], default=None,
+                           help=f"{f.metadata['help']}, comma-separated (default: {','.join(default)})")
+        else:
+            kind = {"int": int, "float": float}.get(str(f.type).split(" ")[0], str)
+            p.add_argument(_flag(f.name), type=kind, default=None, help=help)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from asft.errors import AsftError
+    from asft.train import TrainConfig, train
+
+    overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
+                 if f.name != "progress"}
+    overrides["progress"] = not args.quiet
+    if args.config:
+        cfg = TrainConfig.from_yaml(args.config, **overrides)
+    else:
+        cfg = TrainConfig(**{k: v for k, v in overrides.items() if v is not None})
+    for key in ("model", "data", "out"):
+        if not getattr(cfg, key):
+            raise AsftError(f"--{key} is required (on the command line or in --config)")
+    res = train(cfg)
+    console = Console()
+    console.print(f"[bold]{cfg.method}[/] done: {res.steps} steps in {res.seconds:.1f}s, "
+                  f"task loss {res.task_loss:.4f}, penalty {res.penalty:.4f}; "
+                  f"{res.n_truncated}/{res.n_examples} examples truncated to {cfg.max_length} tokens")
+    if res.c_top_eig:
+        top = max(res.c_top_eig.values())
+        console.print(f"largest eigenvalue of C over modules: {top:.3g}"
+                      + (" (small: the penalty acts almost like the l2 control)" if top < 0.5 else ""))
+    console.print(f"adapter, config.yaml and train_log.jsonl in {res.out}")
+    return 0

@@ -1,0 +1,95 @@
+"""Loading causal LMs, tokenizers and LoRA adapters from local folders (safetensors only).
+
+Never downloads (``local_files_only``), never runs remote code, never unpickles.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from asft.errors import AsftError
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_dtype(dtype: str | torch.dtype = "auto", device: str | torch.device | None = None) -> torch.dtype:
+    """``auto``: bfloat16 on a CUDA device that supports it, float32 elsewhere."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype == "auto":
+        dev = torch.device(device) if device is not None else default_device()
+        if dev.type == "cuda" and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float32
+    if dtype not in DTYPES:
+        raise AsftError(f"unknown dtype {dtype!r} (auto, {', '.join(DTYPES)})")
+    return DTYPES[dtype]
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _check_folder(path: Path, what: str) -> None:
+    if not path.is_dir():
+        raise AsftError(f"{path}: {what} folder not found")
+    if not (path / "config.json").is_file() and what == "model":
+        raise AsftError(f"{path}: not a model folder (no config.json)")
+    if what == "model" and not any(path.glob("*.safetensors")):
+        if any(path.glob("*.bin")) or any(path.glob("*.pt")):
+            raise AsftError(f"{path}: only safetensors weights are supported (found pickle .bin/.pt files)")
+        raise AsftError(f"{path}: no *.safetensors weights in the model folder")
+
+
+def _dtype_kwarg() -> str:
+    import transformers
+    major, minor = (int(x) for x in transformers.__version__.split(".")[:2])
+    return "dtype" if (major, minor) >= (4, 56) else "torch_dtype"
+
+
+def load_tokenizer(path: str | Path) -> Any:
+    from transformers import AutoTokenizer
+
+    path = Path(path)
+    _check_folder(path, "tokenizer")
+    try:
+        tok = AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=False)
+    except (OSError, ValueError) as e:
+        raise AsftError(f"{path}: cannot load a tokenizer ({str(e).splitlines()[0]})") from None
+    if tok.pad_token_id is None:  # Llama-style tokenizers ship without a pad token
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_model(path: str | Path, dtype: str | torch.dtype = "auto",
+               device: str | torch.device | None = None) -> torch.nn.Module:
+    """An ``AutoModelForCausalLM`` from a local folder, on ``device`` (default: CUDA if present)."""
+    from transformers import AutoModelForCausalLM
+
+    path = Path(path)
+    _check_folder(path, "model")
+    device = torch.device(device) if device is not None else default_device()
+    kwargs = {_dtype_kwarg(): resolve_dtype(dtype, device)}
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            path, local_files_only=True, trust_remote_code=False, use_safetensors=True, **kwargs)
+    except (OSError, ValueError, KeyError) as e:
+        raise AsftError(f"{path}: cannot load the model ({str(e).splitlines()[0]})") from None
+    return model.to(device)
+
+
+def load_adapter(model: torch.nn.Module, adapter: str | Path, merge: bool = False,
+                 trainable: bool = False) -> torch.nn.Module:
+    """Apply a saved PEFT LoRA adapter; ``merge`` folds it into the weights (faster inference)."""
+    from peft import PeftModel
+
+    adapter = Path(adapter)
+    if not (adapter / "adapter_config.json").is_file():
+        raise AsftError(f"{adapter}: not a LoRA adapter folder (no adapter_config.json)")
+    if not (adapter / "adapter_model.safetensors").is_file():
+        raise AsftError(f"{adapter}: no adapter_model.safetensors (only safetensors adapters are supported)")
+    peft_model = PeftModel.from_pretrained(model, adapter, is_trainable=trainable)
+    return peft_model.merge_and_unload() if merge else peft_model

@@ -1,0 +1,246 @@
+"""The AsFT penalty, exact and fast: ``lam * sum_modules ||(I - C) B A||_F^2``.
+
+For a LoRA pair of one module, ``A`` is (r, d_in) and ``B`` is (d_out, r), so the update is
+``dW = B A`` (d_out, d_in). ``C`` (d_out, d_out) is built from the module's alignment direction
+``V = W_aligned - W_base`` (d_out, d_in). Forms:
+
+``safelora``   C = V V^T / ||V||_F, as in the public AsFT (and Safe LoRA) code. Default, because
+               it is what the published numbers were produced with. Its eigenvalues are
+               sigma_i^2 / ||V||_F, which can be far below 1: then (I - C) is close to I and the
+               penalty is close to the ``l2`` control. ``asft anchor --inspect`` shows this.
+``projector``  C = U_k U_k^T, the orthogonal projector onto the top-k left singular vectors of V.
+               The paper writes C = V (V^T V)^-1 V^T; for a full-rank V that is the identity and
+               the penalty vanishes, so a truncation to k < rank(V) is what makes it meaningful.
+``l2``         C = 0: ``lam * ||B A||_F^2``, the control every comparison needs.
+
+Nothing here is ever d x d per step. With M = (I - C) B (d_out, r),
+``||(I - C) B A||_F^2 = ||M A||_F^2 = sum((M^T M) * (A A^T))``, which costs
+O(d_out r^2 + d_in r^2) once M is known; M costs
+  - O(d_out d_in r) with a full V (``M = B - V (V^T B) / ||V||_F``), no precomputation;
+  - O(d_out^2 r) with the Gram form G = (I - C)^T (I - C) (d_out, d_out, precomputed once):
+    ``||(I - C) B A||^2 = sum((B^T G B) * (A A^T))``; chosen when d_out < d_in (GQA k/v);
+  - O(d_out k r) with k factors P (``M = B - P (P^T B)``): P = U_k for ``projector``,
+    P = U_k S_k / sqrt(||V||_F) for ``safelora`` with a rank-k anchor (then C ~ P P^T).
+Everything is computed in float32, whatever the model's dtype.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Iterable
+
+import torch
+from torch import nn
+
+from asft.errors import AsftError
+
+if TYPE_CHECKING:
+    from asft.anchor import Anchor, AnchorEntry
+
+FORMS = ("safelora", "projector", "l2")
+
+
+# ----------------------------------------------------------------------------- plain functions
+
+def _quad(M: torch.Tensor, A: torch.Tensor) -> torch.Tensor:
+    """||M A||_F^2 = sum((M^T M) * (A A^T)) for M (d_out, r), A (r, d_in); never forms M A."""
+    return ((M.T @ M) * (A @ A.T)).sum()
+
+
+def penalty_l2(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
+    """||B A||_F^2 for A (r, d_in), B (d_out, r)."""
+    return _quad(B, A)
+
+
+def penalty_full(A: torch.Tensor, B: torch.Tensor, V: torch.Tensor, norm: float) -> torch.Tensor:
+    """||(I - V V^T / norm) B A||_F^2 for V (d_out, d_in); O(d_out d_in r)."""
+    M = B - V @ (V.T @ B) / norm
+    return _quad(M, A)
+
+
+def penalty_factors(A: torch.Tensor, B: torch.Tensor, P: torch.Tensor) -> torch.Tensor:
+    """||(I - P P^T) B A||_F^2 for P (d_out, k); O(d_out k r)."""
+    M = B - P @ (P.T @ B)
+    return _quad(M, A)
+
+
+def penalty_gram(A: torch.Tensor, B: torch.Tensor, G: torch.Tensor) -> torch.Tensor:
+    """sum((B^T G B) * (A A^T)) = ||(I - C) B A||_F^2 when G = (I - C)^T (I - C); O(d_out^2 r)."""
+    return ((B.T @ (G @ B)) * (A @ A.T)).sum()
+
+
+def gram_safelora(V: torch.Tensor, norm: float) -> torch.Tensor:
+    """G = (I - C)^2 for C = V V^T / norm (symmetric); computed in float64, returned in V's dtype."""
+    V64 = V.double()
+    IC = torch.eye(V.shape[0], dtype=torch.float64, device=V.device) - (V64 @ V64.T) / norm
+    return (IC @ IC).to(V.dtype)
+
+
+# ----------------------------------------------------------------------------- per-module operator
+
+@dataclass
+class ModuleOperator:
+    """What one module's penalty needs, precomputed once. Exactly one of the tensors is set
+    (none for ``l2``): ``V`` + ``norm`` (full safelora), ``G`` (Gram), ``P`` (factors)."""
+
+    name: str
+    kind: str  # "l2" | "full" | "gram" | "factors"
+    V: torch.Tensor | None = None
+    norm: float = 1.0
+    G: torch.Tensor | None = None
+    P: torch.Tensor | None = None
+    c_top: float = 0.0  # largest eigenvalue of C, recorded for the Gram form
+
+    def penalty(self, A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
+        if self.kind == "l2":
+            return penalty_l2(A, B)
+        if self.kind == "full":
+            return penalty_full(A, B, self.V, self.norm)
+        if self.kind == "gram":
+            return penalty_gram(A, B, self.G)
+        return penalty_factors(A, B, self.P)
+
+    def to(self, device: torch.device) -> "ModuleOperator":
+        for key in ("V", "G", "P"):
+            t = getattr(self, key)
+            if t is not None:
+                setattr(self, key, t.to(device=device, dtype=torch.float32))
+        return self
+
+    def top_eig(self) -> float:
+        """Largest eigenvalue of C (0 for l2); tells how far the penalty is from plain L2."""
+        if self.kind == "l2":
+            return 0.0
+        if self.kind == "full":
+            return float(torch.linalg.matrix_norm(self.V.double(), ord=2) ** 2 / self.norm)
+        if self.kind == "factors":
+            return float(torch.linalg.matrix_norm(self.P.double(), ord=2) ** 2)
+        return self.c_top  # gram: recorded when G was built from V
+
+
+def build_operator(entry: "AnchorEntry", form: str, k: int | None = None,
+                   energy: float | None = None, strategy: str = "auto") -> ModuleOperator:
+    """Precompute one module's penalty operator from its anchor entry.
+
+    strategy (safelora with a full V): ``auto`` picks Gram when d_out < d_in (cheaper per step,
+    cheap to precompute), else the V form; ``full`` / ``gram`` force one. Tensors keep the
+    anchor's dtype here; ``ModuleOperator.to`` makes them float32 on the training device.
+    """
+    if strategy not in ("auto", "full", "gram"):
+        raise AsftError(f"unknown strategy {strategy!r} (auto, full, gram)")
+    if form == "l2":
+        return ModuleOperator(entry.name, "l2")
+    if form == "projector":
+        if k is None and energy is None:
+            raise AsftError("the projector form needs a rank k (--proj-rank) or an energy fraction "
+                            "(--proj-energy): with a full-rank V the untruncated projector is I")
+        U, _ = entry.left_factors(k=k, energy=energy)
+        return ModuleOperator(entry.name, "factors", P=U)
+    if form != "safelora":
+        raise AsftError(f"unknown penalty form {form!r} (choose from {', '.join(FORMS)})")
+    if entry.norm <= 0:
+        raise AsftError(f"anchor module {entry.name} has ||V||_F = 0 (aligned equals base)")
+    if entry.V is None:  # rank-k anchor: C ~ P P^T with P = U_k S_k / sqrt(||V||_F)
+        U, S = entry.left_factors(k=k, energy=energy)
+        return ModuleOperator(entry.name, "factors", P=U * S / math.sqrt(entry.norm))
+    d_out, d_in = entry.V.shape
+    if strategy == "gram" or (strategy == "auto" and d_out < d_in):
+        c_top = float(torch.linalg.matrix_norm(entry.V.double(), ord=2) ** 2 / entry.norm)
+        return ModuleOperator(entry.name, "gram", G=gram_safelora(entry.V, entry.norm), c_top=c_top)
+    return ModuleOperator(entry.name, "full", V=entry.V, norm=float(entry.norm))
+
+
+# ----------------------------------------------------------------------------- over a PEFT model
+
+def _module_key(name: str) -> str:
+    """PEFT module name -> base model module name ("base_model.model.x.q_proj" -> "x.q_proj")."""
+    return re.sub(r"^(base_model\.model\.)+", "", name)
+
+
+def lora_pairs(model: nn.Module, adapter: str = "default") -> dict[str, tuple[nn.Parameter, nn.Parameter, float]]:
+    """{base module name: (A weight (r, d_in), B weight (d_out, r), scaling)} of a PEFT LoRA model."""
+    pairs = {}
+    for name, module in model.named_modules():
+        lora_A = getattr(module, "lora_A", None)
+        lora_B = getattr(module, "lora_B", None)
+        if isinstance(lora_A, nn.ModuleDict) and adapter in lora_A:
+            scaling = module.scaling[adapter] if hasattr(module, "scaling") else 1.0
+            pairs[_module_key(name)] = (lora_A[adapter].weight, lora_B[adapter].weight, float(scaling))
+    return pairs
+
+
+class AsftPenalty(nn.Module):
+    """``lam * sum ||(I - C) B A||_F^2`` over a PEFT model's LoRA pairs. Call it with no argument.
+
+    The operators are tensors held here (not model buffers, so they are never saved in adapters)
+    and moved to the LoRA weights' device once, at the first call.
+    ``scale_by_lora``: penalise the update the model really applies, (alpha/r) B A; off by
+    default to match the reference code.
+    """
+
+    def __init__(self, pairs: dict[str, tuple[nn.Parameter, nn.Parameter, float]],
+                 operators: dict[str, ModuleOperator], lam: float = 1.0, scale_by_lora: bool = False):
+        super().__init__()
+        missing = sorted(set(pairs) - set(operators))
+        if missing:
+            raise AsftError(f"no anchor for LoRA module {missing[0]} ({len(missing)} missing); "
+                            "compute the anchor with the same --targets as training")
+        if not pairs:
+            raise AsftError("the model has no LoRA modules to regularise")
+        self.names = sorted(pairs)
+        self.pairs = pairs
+        self.operators = {n: operators[n] for n in self.names}
+        self.lam = float(lam)
+        self.scale_by_lora = scale_by_lora
+        self._device: torch.device | None = None
+
+    @classmethod
+    def from_model(cls, model: nn.Module, anchor: "Anchor | None", form: str = "safelora",
+                   lam: float = 1.0, k: int | None = None, energy: float | None = None,
+                   scale_by_lora: bool = False, adapter: str = "default",
+                   strategy: str = "auto") -> "AsftPenalty":
+        pairs = lora_pairs(model, adapter)
+        if form == "l2":
+            ops = {n: ModuleOperator(n, "l2") for n in pairs}
+        else:
+            if anchor is None:
+                raise AsftError(f"form {form!r} needs an anchor file (--anchor)")
+            ops = {}
+            for n, (A, B, _) in pairs.items():
+                entry = anchor.entries.get(n)
+                if entry is None:
+                    continue  # reported by __init__ as a missing anchor
+                if tuple(entry.shape) != (B.shape[0], A.shape[1]):
+                    raise AsftError(f"anchor module {n} has shape {tuple(entry.shape)} but the model's "
+                                    f"weight is {(B.shape[0], A.shape[1])}")
+                ops[n] = build_operator(entry, form, k=k, energy=energy, strategy=strategy)
+        return cls(pairs, ops, lam=lam, scale_by_lora=scale_by_lora)
+
+    def forward(self) -> torch.Tensor:
+        A0 = self.pairs[self.names[0]][0]
+        if self._device != A0.device:
+            for op in self.operators.values():
+                op.to(A0.device)
+            self._device = A0.device
+        total = A0.new_zeros((), dtype=torch.float32)
+        for n in self.names:
+            A, B, scaling = self.pairs[n]
+            p = self.operators[n].penalty(A.float(), B.float())
+            total = total + (p * scaling**2 if self.scale_by_lora else p)
+        return self.lam * total
+
+    def spectrum(self) -> dict[str, float]:
+        """Largest eigenvalue of C per module (0 for l2)."""
+        return {n: self.operators[n].top_eig() for n in self.names}
+
+
+def naive_penalty(pairs: Iterable[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+    """Reference formulation, for tests and benchmarks only: materialise I - C (d_out, d_out),
+    multiply ``(I - C) @ B @ A`` and take the squared Frobenius norm. O(d^3) per module."""
+    total = 0.0
+    for A, B, C in pairs:
+        I = torch.eye(C.shape[0], dtype=C.dtype, device=C.device)
+        total = total + torch.linalg.matrix_norm((I - C) @ B @ A) ** 2
+    return total

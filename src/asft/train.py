@@ -1,0 +1,350 @@
+"""LoRA fine-tuning with the AsFT penalty, on Hugging Face ``Trainer`` + PEFT.
+
+Methods (``--method``):
+  ``sft``   plain LoRA fine-tuning (the harmful fine-tuning baseline);
+  ``asft``  task loss + ``lam * sum ||(I - C) B A||_F^2`` with C from the anchor (``--form``);
+  ``l2``    the same penalty with C = 0 (``lam * sum ||B A||_F^2``), the control that tells whether
+            the anchor matters or only the shrinkage does.
+
+Because this is a ``Trainer``, gradient accumulation, bf16, gradient checkpointing, checkpoints,
+resume and multi-GPU through ``accelerate launch`` / ``torchrun`` work as usual. The penalty is added
+once per optimiser update, whatever the accumulation, and logged apart from the task loss.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from asft.errors import AsftError
+from asft.fileio import append_jsonl, atomic_path, read_yaml, write_json
+
+METHODS = ("sft", "asft", "l2")
+
+
+def _opt(default: Any, help: str) -> Any:
+    """A config field with its help text (shown by `asft train --help`)."""
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class TrainConfig:
+    """Every training option. Defaults are the public AsFT reference code's (Llama-2-7B-chat,
+    LoRA r=8 alpha=32 dropout 0.05 on q_proj/v_proj, AdamW lr 5e-5, 10 epochs, batch 8,
+    StepLR gamma 0.85 per epoch, max length 512, seed 42, lambda 1, safelora form)."""
+
+    model: str = _opt("", "aligned model folder (the model being fine-tuned)")
+    data: str = _opt("", 'JSON/JSONL records {"instruction", "input"?, "output"}')
+    out: str = _opt("", "output folder: adapter, config.yaml, train_log.jsonl")
+    method: str = _opt("asft", "sft | asft | l2 (the same penalty with C = 0)")
+    anchor: str | None = _opt(None, "anchor file from `asft anchor` (method asft)")
+    form: str = _opt("safelora", "C of the penalty: safelora (V V^T/||V||_F) | projector (U_k U_k^T)")
+    lam: float = _opt(1.0, "penalty weight lambda")
+    proj_rank: int | None = _opt(None, "k: rank of the projector form, or of C for a rank-k anchor")
+    proj_energy: float | None = _opt(None, "or: smallest k that holds this fraction of ||V||_F^2")
+    scale_by_lora: bool = _opt(False, "penalise the applied update (alpha/r) B A instead of B A")
+    targets: list[str] = _opt(["q_proj", "v_proj"], "module names that get LoRA adapters")
+    lora_r: int = _opt(8, "LoRA rank")
+    lora_alpha: int = _opt(32, "LoRA alpha")
+    lora_dropout: float = _opt(0.05, "LoRA dropout")
+    lr: float = _opt(5e-5, "AdamW learning rate")
+    epochs: float = _opt(10, "training epochs")
+    batch_size: int = _opt(8, "per-device batch size")
+    grad_accum: int = _opt(1, "gradient accumulation steps")
+    lr_gamma: float = _opt(0.85, "StepLR: the learning rate is multiplied by this after every epoch")
+    weight_decay: float = _opt(0.0, "AdamW weight decay")
+    max_length: int = _opt(512, "examples are truncated to this many tokens")
+    template: str = _opt("alpaca", "prompt format: alpaca | llama2 | chat (the tokenizer's)")
+    seed: int = _opt(42, "random seed")
+    dtype: str = _opt("auto", "auto (bf16 on CUDA, else float32) | float32 | bfloat16 | float16")
+    gradient_checkpointing: bool = _opt(False, "trade compute for memory")
+    logging_steps: int = _opt(10, "log task loss and penalty every N updates")
+    save_steps: int = _opt(0, "checkpoint every N updates, for --resume (0: none)")
+    resume: bool = _opt(False, "resume from the last checkpoint in OUT/checkpoints")
+    limit: int | None = _opt(None, "train on the first N records only")
+    overwrite: bool = _opt(False, "replace an adapter already in OUT")
+    progress: bool = _opt(True, "show a progress bar")
+
+    def validate(self) -> None:
+        if self.method not in METHODS:
+            raise AsftError(f"unknown method {self.method!r} (choose from {', '.join(METHODS)})")
+        if self.method == "asft" and not self.anchor:
+            raise AsftError("method asft needs --anchor FILE (make one with `asft anchor`)")
+        if self.method == "asft" and self.form not in ("safelora", "projector"):
+            raise AsftError(f"unknown form {self.form!r} (safelora, projector)")
+        if self.lam < 0 or not math.isfinite(self.lam):
+            raise AsftError(f"lambda must be a finite number >= 0, got {self.lam}")
+        for key in ("lora_r", "batch_size", "grad_accum", "max_length"):
+            if getattr(self, key) < 1:
+                raise AsftError(f"{key} must be >= 1, got {getattr(self, key)}")
+
+    @property
+    def penalty_form(self) -> str | None:
+        return {"sft": None, "l2": "l2", "asft": self.form}[self.method]
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, **overrides: Any) -> "TrainConfig":
+        """Options from a YAML file, then ``overrides`` (from flags; None means "not given")."""
+        raw = read_yaml(path)
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(raw) - names)
+        if unknown:
+            raise AsftError(f"{path}: unknown option {unknown[0]!r}")
+        raw.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**raw)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class TrainResult:
+    out: Path
+    steps: int
+    seconds: float
+    task_loss: float
+    penalty: float
+    n_examples: int
+    n_truncated: int
+    c_top_eig: dict[str, float] | None
+
+
+def _make_trainer_class():
+    from transformers import Trainer
+
+    class AsftTrainer(Trainer):
+        """A ``Trainer`` whose loss is task loss + penalty, logged separately, with StepLR."""
+
+        def __init__(self, *args, penalty=None, lr_gamma: float = 1.0, log_path: Path | None = None,
+                     **kwargs):
+            super().__init__(*args, **kwargs)
+            self.penalty = penalty
+            self.lr_gamma = lr_gamma
+            self.log_path = log_path
+            self._reset_sums()
+            self.last_task_loss = float("nan")
+            self.last_penalty = 0.0
+
+        def _reset_sums(self):
+            # Tensors on the model's device: adding floats here would sync the GPU every step.
+            self._task_sum, self._pen_sum, self._n = 0.0, 0.0, 0
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            loss, outputs = super().compute_loss(model, inputs, return_outputs=True,
+                                                 num_items_in_batch=num_items_in_batch)
+            # Trainer divides the loss by the accumulation steps unless the task loss is already
+            # normalised over the whole accumulated batch (then each micro-batch's loss is a
+            # partial sum). Either way the penalty must count once per optimiser update.
+            scaled = getattr(self, "loss_is_scaled_for_ga", None)
+            if scaled is None:
+                scaled = (getattr(self, "model_accepts_loss_kwargs", False)
+                          and num_items_in_batch is not None) or self.compute_loss_func is not None
+            ga = getattr(self, "current_gradient_accumulation_steps", self.args.gradient_accumulation_steps)
+            self._task_sum = self._task_sum + loss.detach() * (ga if scaled else 1)
+            self._n += 1
+            if self.penalty is not None and model.training:
+                pen = self.penalty()
+                loss = loss + (pen / ga if scaled else pen)
+                self._pen_sum = self._pen_sum + pen.detach()
+            return (loss, outputs) if return_outputs else loss
+
+        def create_scheduler(self, num_training_steps, optimizer=None):
+            # StepLR(step_size=1 epoch, gamma) of the reference code, as a per-update LambdaLR.
+            if self.lr_scheduler is None:
+                optimizer = optimizer or self.optimizer
+                per_epoch = max(1, round(num_training_steps / max(self.args.num_train_epochs, 1e-9)))
+                gamma = self.lr_gamma
+                self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(
+                    optimizer, lambda step: gamma ** (step // per_epoch))
+            return self.lr_scheduler
+
+        def flush_sums(self) -> dict:
+            """Mean task loss and penalty since the last call (also kept as last_*)."""
+            if not self._n:
+                return {}
+            self.last_task_loss = float(self._task_sum) / self._n
+            self.last_penalty = float(self._pen_sum) / self._n
+            self._reset_sums()
+            return {"task_loss": self.last_task_loss, "penalty": self.last_penalty}
+
+        def log(self, logs, *args, **kwargs):
+            if "loss" in logs:
+                logs.update(self.flush_sums())
+            if "task_loss" in logs:
+                if not (math.isfinite(logs["task_loss"]) and math.isfinite(logs["penalty"])):
+                    raise AsftError(
+                        f"loss is not finite at step {self.state.global_step} (task {logs['task_loss']}, "
+                        f"penalty {logs['penalty']}); lower --lr or --lam")
+            if self.log_path is not None and self.args.process_index == 0:
+                append_jsonl(self.log_path, {"step": self.state.global_step, **logs})
+            super().log(logs, *args, **kwargs)
+
+    return AsftTrainer
+
+
+def prepare_model(model: torch.nn.Module, cfg: TrainConfig) -> torch.nn.Module:
+    """Wrap a loaded causal LM with LoRA adapters on ``cfg.targets``."""
+    from peft import LoraConfig, get_peft_model
+
+    lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                      target_modules=list(cfg.targets), bias="none", task_type="CAUSAL_LM")
+    try:
+        return get_peft_model(model, lora)
+    except ValueError as e:
+        raise AsftError(f"cannot put LoRA on targets {cfg.targets}: {str(e).splitlines()[0]}") from None
+
+
+def build_penalty(model: torch.nn.Module, cfg: TrainConfig, anchor=None):
+    """The penalty module for ``cfg`` on a PEFT model (None for sft)."""
+    from asft.regularizer import AsftPenalty
+
+    form = cfg.penalty_form
+    if form is None:
+        return None
+    return AsftPenalty.from_model(model, anchor if form != "l2" else None, form=form, lam=cfg.lam,
+                                  k=cfg.proj_rank, energy=cfg.proj_energy,
+                                  scale_by_lora=cfg.scale_by_lora)
+
+
+def train(cfg: TrainConfig, records: list[dict] | None = None) -> TrainResult:
+    """Fine-tune ``cfg.model`` on ``cfg.data`` (or ``records``) and save the adapter to ``cfg.out``.
+
+    Writes ``out/adapter_model.safetensors`` + ``adapter_config.json`` (PEFT), ``config.yaml``
+    (the effective config), ``train_log.jsonl`` and ``train_summary.json``.
+    """
+    from transformers import TrainingArguments, set_seed
+
+    from asft.data import PadCollator, SupervisedDataset, load_records
+    from asft.modeling import load_model, load_tokenizer, resolve_dtype
+
+    cfg.validate()
+    out = Path(cfg.out)
+    if (out / "adapter_model.safetensors").exists() and not (cfg.overwrite or cfg.resume):
+        raise AsftError(f"{out}: already holds an adapter (pass --overwrite to replace it)")
+    if records is None:
+        records = load_records(cfg.data)
+    if cfg.limit:
+        records = records[: cfg.limit]
+
+    anchor = None
+    if cfg.method == "asft":
+        from asft.anchor import check_anchor_matches, load_anchor
+
+        anchor = load_anchor(cfg.anchor)
+        check_anchor_matches(anchor, cfg.model)
+
+    set_seed(cfg.seed)
+    tokenizer = load_tokenizer(cfg.model)
+    dtype = resolve_dtype(cfg.dtype)
+    model = load_model(cfg.model, dtype=dtype)
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+        model.enable_input_require_grads()
+    model = prepare_model(model, cfg)
+    penalty = build_penalty(model, cfg, anchor)
+
+    dataset = SupervisedDataset(records, tokenizer, cfg.template, cfg.max_length)
+    out.mkdir(parents=True, exist_ok=True)
+    _save_config(cfg, out)
+    log_path = out / "train_log.jsonl"
+    if not cfg.resume and log_path.exists():
+        log_path.unlink()
+    append_jsonl(log_path, {"event": "start", "examples": len(dataset), "truncated": dataset.n_truncated,
+                            "no_target": dataset.n_no_target, "method": cfg.method, "form": cfg.penalty_form})
+
+    args = TrainingArguments(
+        output_dir=str(out / "checkpoints"),
+        per_device_train_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.grad_accum,
+        learning_rate=cfg.lr,
+        weight_decay=cfg.weight_decay,
+        num_train_epochs=cfg.epochs,
+        lr_scheduler_type="constant",  # replaced by StepLR in create_scheduler
+        logging_steps=cfg.logging_steps,
+        save_strategy="steps" if cfg.save_steps else "no",
+        save_steps=cfg.save_steps or 500,
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        bf16=(dtype == torch.bfloat16),
+        fp16=(dtype == torch.float16),
+        report_to=[],
+        disable_tqdm=not cfg.progress,
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+        optim="adamw_torch",
+        use_cpu=not torch.cuda.is_available(),
+    )
+    trainer = _make_trainer_class()(
+        model=model, args=args, train_dataset=dataset,
+        data_collator=PadCollator(tokenizer.pad_token_id),
+        penalty=penalty, lr_gamma=cfg.lr_gamma, log_path=log_path,
+    )
+    if not cfg.progress:
+        from transformers import PrinterCallback
+
+        trainer.remove_callback(PrinterCallback)
+    t0 = time.perf_counter()
+    resume = cfg.resume and any((out / "checkpoints").glob("checkpoint-*"))
+    trainer.train(resume_from_checkpoint=True if resume else None)
+    seconds = time.perf_counter() - t0
+    final = trainer.flush_sums()
+    if final and not all(math.isfinite(v) for v in final.values()):
+        raise AsftError(f"loss is not finite at the end of training ({final}); lower --lr or --lam")
+
+    _save_adapter(model, out)
+    if not cfg.save_steps:
+        shutil.rmtree(out / "checkpoints", ignore_errors=True)
+    result = TrainResult(
+        out=out, steps=trainer.state.global_step, seconds=seconds,
+        task_loss=trainer.last_task_loss, penalty=trainer.last_penalty,
+        n_examples=len(dataset), n_truncated=dataset.n_truncated,
+        c_top_eig=penalty.spectrum() if penalty is not None and cfg.method == "asft" else None,
+    )
+    write_json(out / "train_summary.json", {**dataclasses.asdict(result), "out": str(out)})
+    return result
+
+
+def _save_config(cfg: TrainConfig, out: Path) -> None:
+    import yaml
+
+    with atomic_path(out / "config.yaml") as tmp:
+        tmp.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), encoding="utf-8")
+
+
+def _save_adapter(model: torch.nn.Module, out: Path) -> None:
+    """save_pretrained into a temporary folder, then move the files into place."""
+    tmp = out / ".adapter.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp, safe_serialization=True)
+    for f in tmp.iterdir():
+        f.replace(out / f.name)
+    tmp.rmdir()
+
+
+def merge(model_dir: str | Path, adapter_dir: str | Path, out: str | Path, dtype: str = "auto",
+          overwrite: bool = False) -> Path:
+    """Fold a LoRA adapter into its model and save a plain model folder (safetensors) + tokenizer."""
+    from asft.modeling import load_adapter, load_model, load_tokenizer
+
+    out = Path(out)
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise AsftError(f"{out}: output folder exists and is not empty (pass --overwrite)")
+    tokenizer = load_tokenizer(model_dir)
+    model = load_adapter(load_model(model_dir, dtype=dtype, device="cpu"), adapter_dir, merge=True)
+    tmp = out.parent / f".{out.name}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+    return out

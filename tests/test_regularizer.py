@@ -1,0 +1,226 @@
+"""The fast penalty must equal the reference formulation (materialised C) to float64 precision."""
+
+import math
+
+import pytest
+import torch
+
+from asft.anchor import AnchorEntry
+from asft.errors import AsftError
+from asft.regularizer import (
+    AsftPenalty,
+    ModuleOperator,
+    build_operator,
+    lora_pairs,
+    naive_penalty,
+    penalty_l2,
+)
+
+SHAPES = [(12, 20, 3), (20, 12, 4), (16, 16, 8), (7, 30, 2)]  # (d_out, d_in, r): square, GQA-like, tall
+
+
+def _rand(d_out, d_in, r, rank=None, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    if rank is None:
+        V = torch.randn(d_out, d_in, generator=g, dtype=torch.float64)
+    else:  # rank-deficient V
+        V = torch.randn(d_out, rank, generator=g, dtype=torch.float64) @ torch.randn(
+            rank, d_in, generator=g, dtype=torch.float64)
+    A = torch.randn(r, d_in, generator=g, dtype=torch.float64)
+    B = torch.randn(d_out, r, generator=g, dtype=torch.float64)
+    return V, A, B
+
+
+def _entry(V, rank=None):
+    norm = float(torch.linalg.matrix_norm(V))
+    if rank is None:
+        return AnchorEntry(name="m", shape=tuple(V.shape), norm=norm, V=V)
+    U, S, Vh = torch.linalg.svd(V, full_matrices=False)
+    return AnchorEntry(name="m", shape=tuple(V.shape), norm=norm, U=U[:, :rank], S=S[:rank], Vh=Vh[:rank])
+
+
+def _naive_C(V, form, k=None):
+    if form == "l2":
+        return torch.zeros(V.shape[0], V.shape[0], dtype=V.dtype)
+    if form == "safelora":
+        if k is None:
+            return V @ V.T / torch.linalg.matrix_norm(V)
+        U, S, _ = torch.linalg.svd(V, full_matrices=False)
+        return (U[:, :k] * S[:k] ** 2) @ U[:, :k].T / torch.linalg.matrix_norm(V)
+    U, _, _ = torch.linalg.svd(V, full_matrices=False)
+    return U[:, :k] @ U[:, :k].T
+
+
+CASES = [  # (form, strategy, anchor rank, k)
+    ("safelora", "full", None, None),
+    ("safelora", "gram", None, None),
+    ("safelora", "factors", 3, 3),
+    ("projector", "factors", None, 3),
+    ("l2", "l2", None, None),
+]
+
+
+def _build(V, form, strategy, anchor_rank, k):
+    """Operator from a float64 entry. Exact anchors used with the projector form get their factors
+    stored (as a rank-K anchor file holds them) so no float32 SVD enters the float64 check."""
+    if form == "projector" and anchor_rank is None:
+        anchor_rank = min(V.shape)
+    return build_operator(_entry(V, anchor_rank), form, k=k,
+                          strategy=strategy if strategy in ("full", "gram") else "auto")
+
+
+@pytest.mark.parametrize("d_out,d_in,r", SHAPES)
+@pytest.mark.parametrize("form,strategy,anchor_rank,k", CASES)
+@pytest.mark.parametrize("deficient", [False, True])
+def test_penalty_equals_naive_float64(d_out, d_in, r, form, strategy, anchor_rank, k, deficient):
+    V, A, B = _rand(d_out, d_in, r, rank=2 if deficient else None, seed=d_out * d_in + r)
+    if k is not None and deficient:
+        k = min(k, 2)
+        anchor_rank = min(anchor_rank, 2) if anchor_rank else None
+    op = _build(V, form, strategy, anchor_rank, k)
+    assert op.kind == strategy
+    A1, B1 = A.clone().requires_grad_(), B.clone().requires_grad_()
+    A2, B2 = A.clone().requires_grad_(), B.clone().requires_grad_()
+    fast = op.penalty(A1, B1)
+    ref = naive_penalty([(A2, B2, _naive_C(V, form, k))])
+    assert fast.dtype == torch.float64
+    assert abs(fast.item() - ref.item()) <= 1e-6 * abs(ref.item())
+    fast.backward()
+    ref.backward()
+    torch.testing.assert_close(A1.grad, A2.grad, rtol=1e-6, atol=1e-9)
+    torch.testing.assert_close(B1.grad, B2.grad, rtol=1e-6, atol=1e-9)
+
+
+def test_float32_operators_close_to_float64():
+    V, A, B = _rand(24, 40, 4, seed=3)
+    ref = naive_penalty([(A, B, _naive_C(V, "safelora"))]).item()
+    for strategy in ("full", "gram"):
+        op = build_operator(_entry(V.float()), "safelora", strategy=strategy)
+        assert op.kind == strategy
+        got = op.penalty(A.float(), B.float()).item()
+        assert abs(got - ref) <= 1e-4 * ref
+
+
+def test_auto_strategy_picks_gram_for_wide_and_full_for_square():
+    assert build_operator(_entry(torch.randn(8, 32)), "safelora").kind == "gram"
+    assert build_operator(_entry(torch.randn(16, 16)), "safelora").kind == "full"
+
+
+def test_gradcheck_fast_penalty():
+    V, A, B = _rand(6, 9, 2, seed=5)
+    for form, strategy, ar, k in CASES:
+        op = _build(V, form, strategy, ar, k)
+        assert torch.autograd.gradcheck(lambda a, b: op.penalty(a, b),
+                                        (A.clone().requires_grad_(), B.clone().requires_grad_()))
+
+
+def test_projector_penalty_zero_inside_subspace_and_monotone_toward_it():
+    V, A, B = _rand(20, 14, 4, seed=7)
+    op = _build(V, "projector", "factors", None, 5)
+    U = op.P
+    B_in = U @ torch.randn(5, 4, dtype=torch.float64)  # columns of B inside span(U_k)
+    assert op.penalty(A, B_in).item() < 1e-20
+    B_proj = U @ (U.T @ B)
+    values = [op.penalty(A, (1 - t) * B + t * B_proj).item() for t in torch.linspace(0, 1, 11)]
+    assert values[0] > 1.0
+    assert all(a > b for a, b in zip(values, values[1:]))
+    # exactly quadratic in the remaining distance: (1 - t)^2 * p0
+    assert abs(values[5] - 0.25 * values[0]) < 1e-9 * values[0]
+
+
+def test_safelora_penalty_smaller_than_l2_and_c_spectrum():
+    V, A, B = _rand(16, 16, 4, seed=11)
+    op = _build(V, "safelora", "full", None, None)
+    s1 = torch.linalg.matrix_norm(V, ord=2).item()
+    assert abs(op.top_eig() - s1**2 / torch.linalg.matrix_norm(V).item()) < 1e-9
+    # B inside V's top left singular direction: penalty = (1 - c1)^2 * l2
+    U = torch.linalg.svd(V)[0][:, :1]
+    B1 = U @ torch.randn(1, 4, dtype=torch.float64)
+    c1 = op.top_eig()
+    assert abs(op.penalty(A, B1).item() - (1 - c1) ** 2 * penalty_l2(A, B1).item()) < 1e-8 * penalty_l2(A, B1).item()
+
+
+def test_projector_needs_k():
+    with pytest.raises(AsftError, match="rank k"):
+        build_operator(_entry(torch.randn(4, 4)), "projector")
+
+
+def test_zero_anchor_refused():
+    with pytest.raises(AsftError, match="aligned equals base"):
+        build_operator(AnchorEntry(name="m", shape=(3, 3), norm=0.0, V=torch.zeros(3, 3)), "safelora")
+
+
+# ----------------------------------------------------------------------------- on a PEFT model
+
+def _peft_model(seed=0):
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, vocab_size=64)
+    model = get_peft_model(LlamaForCausalLM(cfg), LoraConfig(r=4, lora_alpha=16, target_modules=["q_proj", "v_proj"]))
+    for n, p in model.named_parameters():  # PEFT starts B at zero: give it values so the test can fail
+        if "lora_B" in n:
+            torch.nn.init.normal_(p)
+    return model
+
+
+def _anchor_for(model, seed=1):
+    from asft.anchor import Anchor
+
+    g = torch.Generator().manual_seed(seed)
+    entries = {}
+    for name, (A, B, _) in lora_pairs(model).items():
+        V = torch.randn(B.shape[0], A.shape[1], generator=g)
+        entries[name] = AnchorEntry(name=name, shape=tuple(V.shape), norm=float(V.norm()), V=V)
+    return Anchor(entries=entries, metadata={}, path=None)
+
+
+def test_penalty_over_peft_model_sums_modules_and_reaches_grads():
+    model = _peft_model()
+    anchor = _anchor_for(model)
+    pairs = lora_pairs(model)
+    assert len(pairs) == 4 and all(k.startswith("model.layers.") for k in pairs)
+    pen = AsftPenalty.from_model(model, anchor, form="safelora", lam=2.5)
+    ref = sum(naive_penalty([(A.double(), B.double(), _naive_C(anchor.entries[n].V.double(), "safelora"))]).item()
+              for n, (A, B, _) in pairs.items())
+    value = pen()
+    assert abs(value.item() - 2.5 * ref) <= 1e-4 * 2.5 * ref
+    value.backward()
+    assert all(B.grad is not None and B.grad.abs().sum() > 0 for _, B, _ in pairs.values())
+    # spectrum reports sigma_1^2 / ||V||_F per module
+    spec = pen.spectrum()
+    n0 = sorted(pairs)[0]
+    V0 = anchor.entries[n0].V.double()
+    assert abs(spec[n0] - torch.linalg.matrix_norm(V0, ord=2).item() ** 2 / V0.norm().item()) < 1e-4
+
+
+def test_l2_form_and_lora_scaling():
+    model = _peft_model()
+    pairs = lora_pairs(model)
+    l2 = sum(((B @ A).double() ** 2).sum().item() for A, B, _ in pairs.values())
+    assert abs(AsftPenalty.from_model(model, None, form="l2")().item() - l2) < 1e-4 * l2
+    scaled = AsftPenalty.from_model(model, None, form="l2", scale_by_lora=True)().item()
+    assert abs(scaled - (16 / 4) ** 2 * l2) < 1e-4 * scaled
+
+
+def test_missing_or_mismatched_anchor_is_refused():
+    model = _peft_model()
+    anchor = _anchor_for(model)
+    name = sorted(anchor.entries)[0]
+    del anchor.entries[name]
+    with pytest.raises(AsftError, match="no anchor for LoRA module"):
+        AsftPenalty.from_model(model, anchor, form="safelora")
+    anchor = _anchor_for(model)
+    anchor.entries[name] = AnchorEntry(name=name, shape=(5, 5), norm=1.0, V=torch.randn(5, 5))
+    with pytest.raises(AsftError, match="shape"):
+        AsftPenalty.from_model(model, anchor, form="safelora")
+    with pytest.raises(AsftError, match="needs an anchor"):
+        AsftPenalty.from_model(model, None, form="safelora")
+
+
+def test_bf16_model_penalty_computed_in_float32():
+    model = _peft_model().to(torch.bfloat16)
+    pen = AsftPenalty.from_model(model, _anchor_for(model), form="safelora")
+    assert pen().dtype == torch.float32
