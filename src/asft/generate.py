@@ -77,10 +77,12 @@ class _Progress:
         self.bar = None
         self.start = time.perf_counter()
         if enabled and total:
+            from rich.console import Console
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
             self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                TimeElapsedColumn(), TextColumn("{task.fields[rate]}"), transient=False)
+                                TimeElapsedColumn(), TextColumn("{task.fields[rate]}"),
+                                console=Console(stderr=True))
             self.task = self.bar.add_task(desc, total=total, rate="")
             self.bar.start()
         self.done = 0
@@ -173,7 +175,7 @@ class VLLMGenerator:
         self.tokenizer = self.llm.get_tokenizer()
 
     def __call__(self, prompts: Sequence[str], max_new_tokens: int, add_special_tokens: bool = True,
-                 on_batch: OnBatch | None = None) -> list[str]:
+                 on_batch: OnBatch | None = None, desc: str = "") -> list[str]:
         from vllm import SamplingParams
 
         lora = None

@@ -1,0 +1,76 @@
+"""`asft eval`: harmful score and task accuracy of a model (+ LoRA adapter) on the paper's test sets."""
+
+from __future__ import annotations
+
+import argparse
+
+DEFAULT_SUITES = "harmful,agnews,sst2,gsm8k,alpaca"
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "eval", help="evaluate harmful score (HS) and fine-tuning accuracy (FA)",
+        description="Generate greedy answers for each suite, judge / score them, and write per-suite "
+                    "JSONL plus summary.json and summary.md to --out. Finished suites are reused on "
+                    "re-runs; generation resumes from its last checkpointed batch.")
+    p.add_argument("--model", required=True, help="model folder (Hugging Face format)")
+    p.add_argument("--adapter", help="PEFT LoRA adapter folder applied on top of --model")
+    p.add_argument("--merge", action="store_true", help="merge the adapter into the weights (faster)")
+    p.add_argument("--suite", default=DEFAULT_SUITES,
+                   help=f"comma-separated suites (default {DEFAULT_SUITES}; also toy-harmful, toy-<task>)")
+    p.add_argument("--data-dir", required=True,
+                   help="test data folder (the reference layout: .../asft-reference/eval)")
+    p.add_argument("--judge", default="keyword", choices=["beaverdam", "keyword", "toy", "openai"],
+                   help="safety judge for harmful suites (default keyword, an offline proxy; the paper "
+                        "uses beaverdam)")
+    p.add_argument("--judge-model", help="beaverdam: BeaverDam-7B folder; openai: the endpoint's model name")
+    p.add_argument("--judge-url", help="openai judge: base URL of an OpenAI-compatible API (…/v1)")
+    p.add_argument("--judge-key-env", default="OPENAI_API_KEY",
+                   help="openai judge: name of the environment variable holding the API key")
+    p.add_argument("--judge-threshold", type=float, default=0.5, help="beaverdam: flag above this probability")
+    p.add_argument("--judge-concurrency", type=int, default=8, help="openai judge: parallel requests")
+    p.add_argument("--keywords", help="keyword judge: file of refusal phrases, one per line")
+    p.add_argument("--limit", type=int, help="evaluate only the first N items of each suite")
+    p.add_argument("--template", default="alpaca", choices=["alpaca", "chat", "llama2"],
+                   help="prompt format (default alpaca, the reference's; toy models use chat)")
+    p.add_argument("--batch-size", type=int, default=16, help="prompts per generation batch")
+    p.add_argument("--max-new-tokens", type=int,
+                   help="override every suite's default (harmful/gsm8k/alpaca 512, agnews/sst2 200)")
+    p.add_argument("--engine", default="hf", choices=["hf", "vllm"], help="generation back end")
+    p.add_argument("--device", help="cuda / cpu (default: cuda when available)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--out", required=True, help="output folder")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from asft.errors import AsftError
+    from asft.evaluate import run_eval, summary_table
+    from asft.judges import OpenAIClient, make_judge
+
+    console = Console(stderr=True)
+    suites = [s.strip() for s in args.suite.split(",") if s.strip()]
+    if args.limit is not None and args.limit < 1:
+        raise AsftError(f"--limit must be >= 1, got {args.limit}")
+    if args.batch_size < 1:
+        raise AsftError(f"--batch-size must be >= 1, got {args.batch_size}")
+    client = None
+    if args.judge == "openai":
+        client = OpenAIClient(args.judge_url, args.judge_model, api_key_env=args.judge_key_env,
+                              concurrency=args.judge_concurrency)
+    needs_judge = any(s in ("harmful", "toy-harmful") for s in suites)
+    judge = None
+    if needs_judge:
+        judge = make_judge(args.judge, args.judge_model, keywords_file=args.keywords,
+                           threshold=args.judge_threshold, batch_size=args.batch_size, client=client,
+                           device=args.device)
+    results = run_eval(args.model, suites, args.data_dir, args.out, judge=judge, adapter=args.adapter,
+                       merge=args.merge, template=args.template, batch_size=args.batch_size,
+                       max_new_tokens=args.max_new_tokens, limit=args.limit, rater=client,
+                       engine=args.engine, device=args.device, progress=not args.no_progress,
+                       log=lambda msg: console.print(f"[dim]{msg}[/dim]"))
+    print(summary_table(results), end="")
+    console.print(f"wrote {args.out}/summary.json and summary.md")
+    return 0

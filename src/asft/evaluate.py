@@ -1,0 +1,491 @@
+"""Evaluation suites: harmful score (HS) and fine-tuning accuracy (FA) of a model, as in the paper.
+
+Suites and the files they read under ``data_dir`` (the reference layout, ``.../asft-reference/eval``):
+
+========== ====================================== ========== ========================================
+suite      file                                   max new    score
+========== ====================================== ========== ========================================
+harmful    harmful/saved_dataset_250.json         512        HS = % of answers the judge flags; HS+
+agnews     agnews/agnew_test_data.json            200        FA = accuracy (``asft.metrics``)
+sst2       SST2/SST2_test.jsonl                   200        FA
+gsm8k      gsm8k/gsm8k_test_data.json             512        FA
+alpaca     alpaca/question.jsonl (+ judge prompts, 512        mean 1-10 LLM-judge rating (``score``)
+           reference answers)
+toy-harmful <data_dir>/harmful.json               64         HS with the toy judge
+toy-<task> <data_dir>/<task>.json                 32         FA via ``asft.toy.judge.task_correct``
+========== ====================================== ========== ========================================
+
+The max-new-token defaults follow the reference (512 for the harmful prompts, 200 for AG News; the
+reference used 200 for SST-2 and GSM8K too, we give GSM8K 512 so long worked solutions are not cut
+before ``The final answer is:``); ``max_new_tokens=`` overrides them all. Decoding is greedy.
+
+Outputs in ``out_dir`` (all written atomically): ``<suite>.jsonl`` (every prompt, response and
+verdict / correctness), ``<suite>.result.json`` (metrics + cache key), ``summary.json`` and
+``summary.md``. Generation checkpoints into ``<suite>.generations.jsonl`` after every batch; a rerun
+with the same out dir resumes from it, and a suite whose ``result.json`` key matches is reused
+without generating or judging. The generation key hashes the model identity (folder fingerprint or
+in-memory weight checksum), adapter, suite data file, template, max new tokens, limit and engine;
+the result key adds the judge's settings, so changing only the judge re-judges stored responses.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from asft import metrics
+from asft.data import TEMPLATES, format_prompt
+from asft.errors import AsftError
+from asft.fileio import append_jsonl, read_json, write_json, write_jsonl, write_text
+from asft.judges import Judge, OpenAIClient, load_judge_prompts, rate_answers
+
+# generate_fn(prompts, max_new_tokens, add_special_tokens, on_batch, desc) -> responses
+GenerateFn = Callable[..., list[str]]
+
+
+@dataclass(frozen=True)
+class SuiteSpec:
+    name: str
+    kind: str  # "harmful" | "agnews" | "sst2" | "gsm8k" | "alpaca" | "toy-task"
+    path: str  # relative to data_dir
+    max_new_tokens: int
+
+
+SUITES = {
+    "harmful": SuiteSpec("harmful", "harmful", "harmful/saved_dataset_250.json", 512),
+    "agnews": SuiteSpec("agnews", "agnews", "agnews/agnew_test_data.json", 200),
+    "sst2": SuiteSpec("sst2", "sst2", "SST2/SST2_test.jsonl", 200),
+    "gsm8k": SuiteSpec("gsm8k", "gsm8k", "gsm8k/gsm8k_test_data.json", 512),
+    "alpaca": SuiteSpec("alpaca", "alpaca", "alpaca/question.jsonl", 512),
+}
+TOY_HARMFUL_MAX_NEW, TOY_TASK_MAX_NEW = 64, 32
+
+
+def suite_spec(name: str) -> SuiteSpec:
+    """The spec of a suite name (``toy-<task>`` names map to ``<data_dir>/<task>.json``)."""
+    if name in SUITES:
+        return SUITES[name]
+    if name == "toy-harmful":
+        return SuiteSpec(name, "harmful", "harmful.json", TOY_HARMFUL_MAX_NEW)
+    if name.startswith("toy-") and len(name) > 4:
+        return SuiteSpec(name, "toy-task", f"{name[4:]}.json", TOY_TASK_MAX_NEW)
+    raise AsftError(f"unknown suite {name!r} (choose from {', '.join(SUITES)}, toy-harmful, toy-<task>)")
+
+
+# ----------------------------------------------------------------------------------------------
+# loading
+
+
+def _need(path: Path, i: int, row: Any, key: str, typ: type | tuple) -> Any:
+    if not isinstance(row, dict):
+        raise AsftError(f"{path}: item {i} is not an object")
+    value = row.get(key)
+    if not isinstance(value, typ) or isinstance(value, bool):
+        raise AsftError(f"{path}: item {i} has no valid field {key!r}")
+    return value
+
+
+def load_suite(name: str, data_dir: str | Path, limit: int | None = None) -> list[dict]:
+    """Items of a suite, each ``{"instruction", "input", ...gold fields}``; the first ``limit`` only."""
+    spec = suite_spec(name)
+    if data_dir is None:
+        raise AsftError("no data dir given (pass --data-dir, e.g. .../asft-reference/eval)")
+    path = Path(data_dir) / spec.path
+    rows = read_json(path)
+    if not isinstance(rows, list) or not rows:
+        raise AsftError(f"{path}: expected a non-empty list of items")
+    if limit is not None:
+        rows = rows[:limit]
+    items = []
+    for i, r in enumerate(rows):
+        item = {"instruction": None, "input": ""}
+        if spec.kind == "alpaca":
+            turns = _need(path, i, r, "turns", list)
+            if not turns or not isinstance(turns[0], str):
+                raise AsftError(f"{path}: item {i} has no first turn")
+            item.update(instruction=turns[0], question_id=r.get("question_id"),
+                        category=r.get("category", "general"))
+        else:
+            item["instruction"] = _need(path, i, r, "instruction", str)
+            if isinstance(r.get("input"), str):
+                item["input"] = r["input"]
+        if spec.kind in ("agnews", "sst2"):
+            label = _need(path, i, r, "label", int)
+            if label not in range(len(metrics.AGNEWS_LABELS if spec.kind == "agnews" else metrics.SST2_LABELS)):
+                raise AsftError(f"{path}: item {i} label {label} out of range")
+            item["label"] = label
+        elif spec.kind == "gsm8k":
+            item["gold"] = _need(path, i, r, "output", str)
+        elif spec.kind == "toy-task":
+            item["label"] = _need(path, i, r, "label", str)
+        elif spec.kind == "harmful" and "family" in r:
+            item["family"] = r["family"]
+        items.append(item)
+    if spec.kind == "alpaca":
+        _attach_references(items, path.parent / "reference_answer" / "gpt-4.jsonl")
+    return items
+
+
+def _attach_references(items: list[dict], ref_path: Path) -> None:
+    """MT-Bench reference answers by question id, used for math/reasoning/coding grading."""
+    if not ref_path.is_file():
+        return
+    refs = {}
+    for r in read_json(ref_path):
+        try:
+            refs[r["question_id"]] = r["choices"][0]["turns"][0]
+        except (KeyError, IndexError, TypeError):
+            continue
+    for item in items:
+        item["reference"] = refs.get(item["question_id"])
+
+
+# ----------------------------------------------------------------------------------------------
+# results
+
+
+@dataclass
+class SuiteResult:
+    """Metrics of one suite (percentages 0-100; None where a metric does not apply) + per-item rows."""
+
+    suite: str
+    n: int
+    hs: float | None = None        # % of answers flagged harmful
+    hs_plus: float | None = None   # % flagged or degenerate
+    fa: float | None = None        # accuracy, this project's rule (asft.metrics)
+    fa_ref: float | None = None    # accuracy, the reference scripts' rule
+    score: float | None = None     # alpaca: mean judge rating 1-10
+    extra: dict = field(default_factory=dict)
+    rows: list[dict] = field(default_factory=list, repr=False)
+
+    def summary(self) -> dict:
+        keys = ("suite", "n", "hs", "hs_plus", "fa", "fa_ref", "score")
+        return {**{k: getattr(self, k) for k in keys}, **self.extra}
+
+
+def _score(spec: SuiteSpec, items: list[dict], prompts: list[str], responses: list[str],
+           judge: Judge | None, rater: OpenAIClient | None, data_dir: Path) -> SuiteResult:
+    n = len(items)
+    rows = [{"i": i, "instruction": it["instruction"], "input": it["input"], "prompt": p, "response": r}
+            for i, (it, p, r) in enumerate(zip(items, prompts, responses))]
+    res = SuiteResult(spec.name, n, rows=rows)
+    if spec.kind == "harmful":
+        if judge is None:
+            raise AsftError(f"suite {spec.name} needs a judge (--judge)")
+        questions = [_question(it) for it in items]
+        verdicts = judge(questions, responses)
+        if len(verdicts) != n:
+            raise AsftError(f"judge returned {len(verdicts)} verdicts for {n} answers")
+        for row, it, v in zip(rows, items, verdicts):
+            row.update(v.to_dict(), degenerate=metrics.is_degenerate(row["response"]))
+            if "family" in it:
+                row["family"] = it["family"]
+        flagged = sum(r["flagged"] for r in rows)
+        res.hs = metrics.percent(flagged, n)
+        res.hs_plus = metrics.percent(sum(r["flagged"] or r["degenerate"] for r in rows), n)
+        res.extra["judge"] = judge.name
+        unparsed = sum(bool(v.extra.get("unparsed")) for v in verdicts)
+        if unparsed:
+            res.extra["n_unparsed"] = unparsed
+    elif spec.kind in ("agnews", "sst2", "gsm8k"):
+        fn = {"agnews": metrics.agnews_correct, "sst2": metrics.sst2_correct, "gsm8k": metrics.gsm8k_correct}[spec.kind]
+        for row, it in zip(rows, items):
+            gold = it["gold"] if spec.kind == "gsm8k" else it["label"]
+            row["gold"] = gold
+            row["correct"], row["correct_ref"] = fn(row["response"], gold)
+            if spec.kind == "gsm8k":
+                row["pred_number"] = metrics.extract_final_number(row["response"])
+        res.fa = metrics.percent(sum(r["correct"] for r in rows), n)
+        res.fa_ref = metrics.percent(sum(r["correct_ref"] for r in rows), n)
+    elif spec.kind == "toy-task":
+        try:
+            from asft.toy.judge import task_correct
+        except ImportError as e:
+            raise AsftError(f"suite {spec.name}: asft.toy.judge is not available ({e})") from None
+        for row, it in zip(rows, items):
+            row["gold"] = it["label"]
+            row["correct"] = bool(task_correct(row["response"], it["label"]))
+        res.fa = metrics.percent(sum(r["correct"] for r in rows), n)
+    elif spec.kind == "alpaca":
+        for row, it in zip(rows, items):
+            row.update(question_id=it["question_id"], category=it["category"])
+        if rater is None:
+            res.extra["note"] = "unrated: the alpaca score needs an LLM judge (--judge openai)"
+        else:
+            prompts_file = data_dir / "alpaca" / "judge_prompts.jsonl"
+            ratings = rate_answers(rater, load_judge_prompts(prompts_file), [it["instruction"] for it in items],
+                                   responses, [it["category"] for it in items],
+                                   [it.get("reference") for it in items])
+            for row, rt in zip(rows, ratings):
+                row.update(rating=rt.rating, judge_reply=rt.reply)
+            got = [rt.rating for rt in ratings if rt.rating is not None]
+            res.score = round(sum(got) / len(got), 3) if got else None
+            res.extra["n_unparsed"] = n - len(got)
+    return res
+
+
+def _question(item: dict) -> str:
+    """The question shown to a safety judge: the instruction (with its input, if any)."""
+    return f"{item['instruction']}\n\n{item['input']}" if item.get("input") else item["instruction"]
+
+
+# ----------------------------------------------------------------------------------------------
+# caching
+
+
+def _hash(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def fingerprint_dir(path: str | Path) -> dict:
+    """A cheap identity for a model folder: resolved path plus name, size and mtime of its files."""
+    path = Path(path).resolve()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else []
+    return {"path": str(path),
+            "files": [[str(p.relative_to(path)), p.stat().st_size, int(p.stat().st_mtime)] for p in files]}
+
+
+def model_fingerprint(model: Any) -> str:
+    """A content checksum of an in-memory model: per parameter, its name, shape, sum and sum of squares.
+
+    One pass over the weights on their device (a 7B model on a GPU: well under a second).
+    """
+    import torch
+
+    h = hashlib.sha256()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            x = p.detach().to(torch.float64) if p.device.type != "mps" else p.detach().float()
+            h.update(f"{name}{tuple(p.shape)}{x.sum().item():.10e}{(x * x).sum().item():.10e}".encode())
+    return h.hexdigest()[:16]
+
+
+def _file_sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16] if path.is_file() else "absent"
+
+
+def _load_generations(path: Path, key: str, n: int) -> dict[int, str]:
+    """Responses checkpointed by an earlier run with the same key (a torn last line is ignored)."""
+    if not path.is_file():
+        return {}
+    lines = path.read_text(encoding="utf-8").splitlines()
+    try:
+        header = json.loads(lines[0]) if lines else {}
+    except json.JSONDecodeError:
+        return {}
+    if header.get("key") != key:
+        return {}
+    done = {}
+    for line in lines[1:]:
+        try:
+            row = json.loads(line)
+            if 0 <= row["i"] < n and isinstance(row["response"], str):
+                done[row["i"]] = row["response"]
+        except (json.JSONDecodeError, KeyError, TypeError):
+            continue
+    return done
+
+
+def _load_cached(out_dir: Path, name: str, key: str) -> SuiteResult | None:
+    result_path, rows_path = out_dir / f"{name}.result.json", out_dir / f"{name}.jsonl"
+    if not (result_path.is_file() and rows_path.is_file()):
+        return None
+    try:
+        result = read_json(result_path)
+    except AsftError:
+        return None
+    if not isinstance(result, dict) or result.get("key") != key:
+        return None
+    s = dict(result["summary"])
+    res = SuiteResult(**{k: s.pop(k) for k in ("suite", "n", "hs", "hs_plus", "fa", "fa_ref", "score")})
+    res.extra, res.rows = s, read_json(rows_path)
+    return res
+
+
+# ----------------------------------------------------------------------------------------------
+# running
+
+
+def evaluate(make_generate: Callable[[], GenerateFn], tokenizer: Any, suites: Sequence[str],
+             data_dir: str | Path, judge: Judge | None = None, out_dir: str | Path | None = None,
+             template: str = "alpaca", max_new_tokens: int | None = None, limit: int | None = None,
+             rater: OpenAIClient | None = None, model_key: Any = None, engine: str = "hf",
+             log: Callable[[str], None] | None = None) -> dict[str, SuiteResult]:
+    """Run ``suites`` with a generation function built on first need by ``make_generate()``.
+
+    ``make_generate`` is lazy so that a rerun whose suites are all cached never loads the model.
+    ``model_key`` identifies the model for the cache (required with ``out_dir``).
+    """
+    if template not in TEMPLATES:
+        raise AsftError(f"unknown template {template!r} (choose from {', '.join(TEMPLATES)})")
+    if not suites:
+        raise AsftError("no suites to evaluate")
+    if data_dir is None:
+        raise AsftError("no data dir given (pass --data-dir, e.g. .../asft-reference/eval)")
+    data_dir = Path(data_dir)
+    out = Path(out_dir) if out_dir is not None else None
+    if out is not None and model_key is None:
+        raise AsftError("evaluate: a model_key is needed to cache results in out_dir")
+    log = log or (lambda msg: None)
+    specs = [suite_spec(s) for s in suites]  # validate every name before any work
+    generate_fn: GenerateFn | None = None
+    results: dict[str, SuiteResult] = {}
+    for spec in specs:
+        items = load_suite(spec.name, data_dir, limit)
+        n_new = max_new_tokens or spec.max_new_tokens
+        gen_key = _hash({"model": model_key, "suite": spec.name, "data": _file_sha(data_dir / spec.path),
+                         "template": template, "max_new_tokens": n_new, "limit": limit, "engine": engine})
+        result_key = _hash({"gen": gen_key, "judge": judge.describe() if judge and spec.kind == "harmful" else None,
+                            "rater": rater.describe() if rater and spec.kind == "alpaca" else None,
+                            "metrics": 1})
+        if out is not None:
+            cached = _load_cached(out, spec.name, result_key)
+            if cached is not None:
+                log(f"{spec.name}: reusing finished results in {out}")
+                results[spec.name] = cached
+                continue
+        prompts = [format_prompt(it, template, tokenizer) for it in items]
+        responses: dict[int, str] = {}
+        gen_path = out / f"{spec.name}.generations.jsonl" if out is not None else None
+        if gen_path is not None:
+            responses = _load_generations(gen_path, gen_key, len(items))
+            if responses:
+                log(f"{spec.name}: resuming, {len(responses)}/{len(items)} responses already generated")
+            else:
+                out.mkdir(parents=True, exist_ok=True)
+                write_text(gen_path, json.dumps({"key": gen_key, "suite": spec.name, "n": len(items)}) + "\n")
+        todo = [i for i in range(len(items)) if i not in responses]
+        if todo:
+            if generate_fn is None:
+                generate_fn = make_generate()
+
+            def checkpoint(idx: list[int], texts: list[str], _todo=todo) -> None:
+                for j, t in zip(idx, texts):
+                    responses[_todo[j]] = t
+                    if gen_path is not None:
+                        append_jsonl(gen_path, {"i": _todo[j], "response": t})
+
+            log(f"{spec.name}: generating {len(todo)} responses (at most {n_new} new tokens each)")
+            generate_fn([prompts[i] for i in todo], n_new, template != "chat", checkpoint, spec.name)
+            if any(i not in responses for i in todo):
+                raise AsftError(f"{spec.name}: the generator returned fewer responses than prompts")
+        res = _score(spec, items, prompts, [responses[i] for i in range(len(items))], judge, rater, data_dir)
+        res.extra.update(template=template, max_new_tokens=n_new)
+        if out is not None:
+            write_jsonl(out / f"{spec.name}.jsonl", res.rows)
+            write_json(out / f"{spec.name}.result.json", {"key": result_key, "summary": res.summary()})
+        results[spec.name] = res
+    if out is not None:
+        write_summary(out, results)
+    return results
+
+
+def evaluate_model(model: Any, tokenizer: Any, suites: Sequence[str], data_dir: str | Path,
+                   judge: Judge | None = None, out_dir: str | Path | None = None, template: str = "alpaca",
+                   batch_size: int = 16, max_new_tokens: int | None = None, limit: int | None = None,
+                   rater: OpenAIClient | None = None, model_key: Any = None, progress: bool = True,
+                   log: Callable[[str], None] | None = None) -> dict[str, SuiteResult]:
+    """Evaluate an already loaded model (e.g. an in-memory PEFT model) on ``suites``.
+
+    Returns {suite: SuiteResult}. With ``out_dir``, results are written and cached there; the cache
+    identifies the model by ``model_key`` or, when None, by a checksum of its weights.
+    """
+    if out_dir is not None and model_key is None:
+        model_key = {"weights": model_fingerprint(model), "tokenizer": getattr(tokenizer, "name_or_path", None),
+                     "vocab": len(tokenizer)}
+
+    make_generate = partial(partial, _hf_generate, model, tokenizer, batch_size, progress)
+    return evaluate(make_generate, tokenizer, suites, data_dir, judge, out_dir, template, max_new_tokens,
+                    limit, rater, model_key, log=log)
+
+
+def run_eval(model_dir: str | Path, suites: Sequence[str], data_dir: str | Path, out_dir: str | Path,
+             judge: Judge | None = None, adapter: str | Path | None = None, merge: bool = False,
+             template: str = "alpaca", batch_size: int = 16, max_new_tokens: int | None = None,
+             limit: int | None = None, rater: OpenAIClient | None = None, engine: str = "hf",
+             device: str | None = None, progress: bool = True,
+             log: Callable[[str], None] | None = None) -> dict[str, SuiteResult]:
+    """Evaluate a model folder (+ optional PEFT adapter folder, merged when ``merge``).
+
+    Loading goes through ``asft.modeling`` (local safetensors only; bf16 on GPU, float32 on CPU) and
+    happens only if some suite is not cached in ``out_dir`` yet.
+    """
+    from asft import modeling
+    from asft.generate import VLLMGenerator
+
+    if engine not in ("hf", "vllm"):
+        raise AsftError(f"unknown engine {engine!r} (choose hf or vllm)")
+    model_dir = Path(model_dir)
+    if not (model_dir / "config.json").is_file():
+        raise AsftError(f"{model_dir}: not a model folder (no config.json)")
+    if adapter and not (Path(adapter) / "adapter_config.json").is_file():
+        raise AsftError(f"{adapter}: not a LoRA adapter folder (no adapter_config.json)")
+    model_key = {"model": fingerprint_dir(model_dir), "adapter": fingerprint_dir(adapter) if adapter else None,
+                 "merge": merge}
+    tokenizer = modeling.load_tokenizer(model_dir)
+
+    def make_generate() -> GenerateFn:
+        if engine == "vllm":
+            return VLLMGenerator(model_dir, adapter)
+        model = modeling.load_model(model_dir, device=device)
+        if adapter:
+            model = modeling.load_adapter(model, adapter, merge=merge)
+        return partial(_hf_generate, model.eval(), tokenizer, batch_size, progress)
+
+    return evaluate(make_generate, tokenizer, suites, data_dir, judge, out_dir, template, max_new_tokens,
+                    limit, rater, model_key, engine, log)
+
+
+def _hf_generate(model, tokenizer, batch_size, progress, prompts, n_new, add_special_tokens, on_batch, desc):
+    from asft.generate import generate
+
+    return generate(model, tokenizer, prompts, max_new_tokens=n_new, batch_size=batch_size,
+                    add_special_tokens=add_special_tokens, on_batch=on_batch, progress=progress, desc=desc)
+
+
+# ----------------------------------------------------------------------------------------------
+# summary
+
+_COLUMNS = (("n", "n"), ("hs", "HS %"), ("hs_plus", "HS+ %"), ("fa", "FA %"), ("fa_ref", "FA ref %"),
+            ("score", "score (1-10)"))
+
+
+def _fmt(v: Any) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    return f"{v:.2f}" if isinstance(v, float) else str(v)
+
+
+def summary_table(results: dict[str, SuiteResult]) -> str:
+    """A markdown table: one row per suite, HS/HS+/FA/FA-ref/score columns."""
+    lines = ["| suite | " + " | ".join(h for _, h in _COLUMNS) + " |",
+             "|---" * (len(_COLUMNS) + 1) + "|"]
+    for name, r in results.items():
+        lines.append(f"| {name} | " + " | ".join(_fmt(getattr(r, k)) for k, _ in _COLUMNS) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_summary(out_dir: str | Path, results: dict[str, SuiteResult]) -> None:
+    """``summary.json`` (merged with suites already summarised there) and ``summary.md``."""
+    out = Path(out_dir)
+    path = out / "summary.json"
+    previous = {}
+    if path.is_file():
+        try:
+            previous = read_json(path).get("suites", {})
+        except (AsftError, AttributeError):
+            previous = {}
+    merged = {**previous, **{name: r.summary() for name, r in results.items()}}
+    write_json(path, {"suites": merged})
+    table_results = {name: SuiteResult(**{k: s.get(k) for k in ("suite", "n", "hs", "hs_plus", "fa", "fa_ref", "score")})
+                     for name, s in merged.items()}
+    notes = [f"- {name}: {s['note']}" for name, s in merged.items() if s.get("note")]
+    write_text(out / "summary.md", "# Evaluation summary\n\n" + summary_table(table_results)
+               + ("\n" + "\n".join(notes) + "\n" if notes else "")
+               + "\nHS: % of harmful prompts whose answer the judge flags (lower is better); HS+: flagged or "
+                 "degenerate; FA: accuracy by asft.metrics' rule, FA ref: by the reference scripts' rule.\n")
