@@ -179,11 +179,13 @@ def _make_trainer_class():
         def log(self, logs, *args, **kwargs):
             if "loss" in logs:
                 logs.update(self.flush_sums())
-            if "task_loss" in logs:
-                if not (math.isfinite(logs["task_loss"]) and math.isfinite(logs["penalty"])):
-                    raise AsftError(
-                        f"loss is not finite at step {self.state.global_step} (task {logs['task_loss']}, "
-                        f"penalty {logs['penalty']}); lower --lr or --lam")
+            bad = [k for k in ("task_loss", "penalty", "grad_norm")
+                   if k in logs and not math.isfinite(float(logs[k]))]
+            if bad:
+                raise AsftError(
+                    f"{bad[0]} is not finite at step {self.state.global_step} (task loss "
+                    f"{logs.get('task_loss')}, penalty {logs.get('penalty')}, grad norm "
+                    f"{logs.get('grad_norm')}); lower --lr or --lam")
             if self.log_path is not None and self.args.process_index == 0:
                 append_jsonl(self.log_path, {"step": self.state.global_step, **logs})
             super().log(logs, *args, **kwargs)
@@ -243,9 +245,9 @@ def train(cfg: TrainConfig, records: list[dict] | None = None) -> TrainResult:
         check_anchor_matches(anchor, cfg.model)
 
     set_seed(cfg.seed)
-    tokenizer = load_tokenizer(cfg.model)
     dtype = resolve_dtype(cfg.dtype)
     model = load_model(cfg.model, dtype=dtype)
+    tokenizer = load_tokenizer(cfg.model)
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()
         model.enable_input_require_grads()

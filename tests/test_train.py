@@ -1,0 +1,172 @@
+"""LoRA training with the penalty: outputs, logging, accumulation, config, errors, merge."""
+
+import json
+import math
+
+import pytest
+import torch
+import yaml
+
+from _eval_tiny import byte_tokenizer
+from _models import make_llama_pair
+from asft.anchor import compute_anchor
+from asft.errors import AsftError
+from asft.train import TrainConfig, merge, train
+
+RECORDS = [{"instruction": f"say {w}", "output": f"{w} {w}!"} for w in
+           ["red", "blue", "green", "cat", "dog", "sun", "moon", "tree"]] * 2
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """A tiny base/aligned pair with a byte tokenizer, its anchor, and a data file."""
+    root = tmp_path_factory.mktemp("train")
+    base, aligned = make_llama_pair(root, seed=0, vocab=260)
+    byte_tokenizer().save_pretrained(aligned)
+    anchor = root / "anchor.safetensors"
+    compute_anchor(base, aligned, out=anchor)
+    data = root / "data.json"
+    data.write_text(json.dumps(RECORDS))
+    return {"root": root, "base": base, "aligned": aligned, "anchor": anchor, "data": data}
+
+
+def _cfg(world, out, **kw):
+    base = dict(model=str(world["aligned"]), data=str(world["data"]), out=str(out), epochs=1,
+                batch_size=4, lr=1e-3, logging_steps=1, progress=False, anchor=str(world["anchor"]),
+                template="chat")
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def _lora_state(out):
+    from safetensors.torch import load_file
+
+    return load_file(str(out / "adapter_model.safetensors"))
+
+
+def _update_norm2(out):
+    """sum over modules of ||B A||_F^2 of a saved adapter."""
+    sd = _lora_state(out)
+    total = 0.0
+    for k, A in sd.items():
+        if "lora_A" in k:
+            B = sd[k.replace("lora_A", "lora_B")]
+            total += float(((B @ A).double() ** 2).sum())
+    return total
+
+
+@pytest.mark.parametrize("method", ["sft", "asft", "l2"])
+def test_each_method_writes_adapter_config_and_separate_logs(world, tmp_path, method):
+    res = train(_cfg(world, tmp_path / method, method=method))
+    out = tmp_path / method
+    for f in ("adapter_model.safetensors", "adapter_config.json", "config.yaml", "train_log.jsonl",
+              "train_summary.json"):
+        assert (out / f).is_file(), f
+    assert not (out / "checkpoints").exists()
+    assert res.steps == 4  # 16 records / batch 4, one epoch
+    logs = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    steps = [r for r in logs if "task_loss" in r]
+    assert len(steps) == 4 and all(math.isfinite(r["task_loss"]) for r in steps)
+    if method == "sft":
+        assert all(r["penalty"] == 0 for r in steps)
+    else:  # B starts at zero, so the penalty is 0 at step 1 and positive once B has moved
+        assert steps[-1]["penalty"] > 0
+        # the logged loss is task + penalty
+        assert abs(steps[-1]["loss"] - steps[-1]["task_loss"] - steps[-1]["penalty"]) < 1e-3
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved["method"] == method and saved["lora_r"] == 8 and saved["lr"] == 1e-3
+    assert (res.c_top_eig is not None) == (method == "asft")
+
+
+def test_penalty_shrinks_the_update(world, tmp_path):
+    # Same seed and data: a large lambda must leave a much smaller B A than no penalty.
+    free = train(_cfg(world, tmp_path / "free", method="sft", epochs=2, lora_dropout=0.0))
+    held = train(_cfg(world, tmp_path / "held", method="asft", lam=1e3, epochs=2, lora_dropout=0.0))
+    assert free.steps == held.steps
+    assert _update_norm2(tmp_path / "held") < 0.2 * _update_norm2(tmp_path / "free")
+
+
+def test_gradient_accumulation_counts_penalty_once_per_update(world, tmp_path):
+    one = _cfg(world, tmp_path / "ga1", method="asft", lam=50.0, batch_size=4, grad_accum=1,
+               lora_dropout=0.0, dtype="float32")
+    two = _cfg(world, tmp_path / "ga2", method="asft", lam=50.0, batch_size=2, grad_accum=2,
+               lora_dropout=0.0, dtype="float32")
+    train(one)
+    train(two)
+    a, b = _lora_state(tmp_path / "ga1"), _lora_state(tmp_path / "ga2")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-6)
+
+
+def test_step_lr_decays_per_epoch(world, tmp_path):
+    train(_cfg(world, tmp_path / "lr", method="sft", epochs=3, lr_gamma=0.5))
+    logs = [json.loads(x) for x in (tmp_path / "lr" / "train_log.jsonl").read_text().splitlines()]
+    lrs = [r["learning_rate"] for r in logs if "learning_rate" in r]
+    # 4 updates per epoch; the lr logged after update i is the one for update i + 1
+    assert lrs[0] == pytest.approx(1e-3)
+    assert lrs[4] == pytest.approx(0.5e-3)
+    assert lrs[8] == pytest.approx(0.25e-3)
+
+
+def test_yaml_config_with_overrides(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("method: l2\nlam: 3\nlora_r: 4\n")
+    cfg = TrainConfig.from_yaml(path, lam=5.0, lr=None)
+    assert (cfg.method, cfg.lam, cfg.lora_r, cfg.lr) == ("l2", 5.0, 4, 5e-5)
+    path.write_text("lamda: 3\n")
+    with pytest.raises(AsftError, match="c.yaml: unknown option 'lamda'"):
+        TrainConfig.from_yaml(path)
+
+
+def test_bad_inputs_give_clear_errors(world, tmp_path):
+    with pytest.raises(AsftError, match="needs --anchor"):
+        train(_cfg(world, tmp_path / "x", method="asft", anchor=None))
+    bad = tmp_path / "bad.json"
+    bad.write_text('[{"instruction": "a", "output": "b"},')
+    with pytest.raises(AsftError, match="bad.json: malformed JSON"):
+        train(_cfg(world, tmp_path / "x", method="sft", data=str(bad)))
+    with pytest.raises(AsftError, match="model folder not found"):
+        train(_cfg(world, tmp_path / "x", method="sft", model=str(tmp_path / "nope")))
+    # an anchor computed from another model pair is refused
+    other_base, other_aligned = make_llama_pair(tmp_path / "other", seed=5, vocab=260)
+    other = tmp_path / "other.safetensors"
+    compute_anchor(other_base, other_aligned, out=other)
+    with pytest.raises(AsftError, match="does not belong"):
+        train(_cfg(world, tmp_path / "x", method="asft", anchor=str(other)))
+    train(_cfg(world, tmp_path / "done", method="sft"))
+    with pytest.raises(AsftError, match="already holds an adapter"):
+        train(_cfg(world, tmp_path / "done", method="sft"))
+
+
+def test_non_finite_loss_stops_with_a_clear_error(world, tmp_path):
+    with pytest.raises(AsftError, match="not finite"):
+        train(_cfg(world, tmp_path / "nan", method="l2", lam=1e38, epochs=2))  # lam * ||BA||^2 overflows
+
+
+def test_merge_equals_adapter_model(world, tmp_path):
+    from asft.modeling import load_adapter, load_model
+
+    train(_cfg(world, tmp_path / "ad", method="sft", lora_dropout=0.0))
+    merged_dir = merge(world["aligned"], tmp_path / "ad", tmp_path / "merged", dtype="float32")
+    ids = torch.tensor([[1, 40, 50, 60, 70]])
+    with torch.no_grad():
+        peft = load_adapter(load_model(world["aligned"], dtype="float32", device="cpu"), tmp_path / "ad")
+        merged = load_model(merged_dir, dtype="float32", device="cpu")
+        plain = load_model(world["aligned"], dtype="float32", device="cpu")
+        a, b, c = (m(ids).logits for m in (peft, merged, plain))
+    torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    assert (a - c).abs().max() > 1e-3  # the adapter really changed the model
+    assert (merged_dir / "tokenizer_config.json").is_file()
+
+
+def test_cli_train(world, tmp_path):
+    from asft.cli import main
+
+    rc = main(["train", "--model", str(world["aligned"]), "--data", str(world["data"]), "--out",
+               str(tmp_path / "cli"), "--method", "l2", "--lam", "2", "--epochs", "1", "--batch-size", "8",
+               "--template", "chat", "--quiet", "--targets", "q_proj,k_proj"])
+    assert rc == 0
+    saved = yaml.safe_load((tmp_path / "cli" / "config.yaml").read_text())
+    assert saved["targets"] == ["q_proj", "k_proj"] and saved["lam"] == 2.0
+    assert main(["train", "--model", str(world["aligned"]), "--data", str(world["data"]), "--out",
+                 str(tmp_path / "cli"), "--method", "l2", "--quiet", "--template", "chat"]) == 2
