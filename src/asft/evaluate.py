@@ -399,8 +399,7 @@ def evaluate_model(model: Any, tokenizer: Any, suites: Sequence[str], data_dir: 
         model_key = {"weights": model_fingerprint(model), "tokenizer": getattr(tokenizer, "name_or_path", None),
                      "vocab": len(tokenizer)}
 
-    make_generate = partial(partial, _hf_generate, model, tokenizer, batch_size, progress)
-    return evaluate(make_generate, tokenizer, suites, data_dir, judge, out_dir, template, max_new_tokens,
+    return evaluate(lambda: partial(_hf_generate, model, tokenizer, batch_size, progress), tokenizer, suites, data_dir, judge, out_dir, template, max_new_tokens,
                     limit, rater, model_key, log=log)
 
 
