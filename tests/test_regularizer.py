@@ -145,9 +145,10 @@ def test_projector_needs_k():
         build_operator(_entry(torch.randn(4, 4)), "projector")
 
 
-def test_zero_anchor_refused():
-    with pytest.raises(AsftError, match="aligned equals base"):
-        build_operator(AnchorEntry(name="m", shape=(3, 3), norm=0.0, V=torch.zeros(3, 3)), "safelora")
+def test_zero_anchor_module_is_the_l2_limit():
+    # C = V V^T / ||V||_F -> 0 as V -> 0, so a module alignment left untouched gets plain L2.
+    op = build_operator(AnchorEntry(name="m", shape=(3, 3), norm=0.0, V=torch.zeros(3, 3)), "safelora")
+    assert op.kind == "l2"
 
 
 # ----------------------------------------------------------------------------- on a PEFT model

@@ -140,8 +140,8 @@ def build_operator(entry: "AnchorEntry", form: str, k: int | None = None,
         return ModuleOperator(entry.name, "factors", P=U)
     if form != "safelora":
         raise AsftError(f"unknown penalty form {form!r} (choose from {', '.join(FORMS)})")
-    if entry.norm <= 0:
-        raise AsftError(f"anchor module {entry.name} has ||V||_F = 0 (aligned equals base)")
+    if entry.norm <= 0:  # module untouched by alignment: C = V V^T / ||V||_F -> 0 as V -> 0
+        return ModuleOperator(entry.name, "l2")
     if entry.V is None:  # rank-k anchor: C ~ P P^T with P = U_k S_k / sqrt(||V||_F)
         U, S = entry.left_factors(k=k, energy=energy)
         return ModuleOperator(entry.name, "factors", P=U * S / math.sqrt(entry.norm))
