@@ -42,7 +42,7 @@ from asft import metrics
 from asft.data import TEMPLATES, format_prompt
 from asft.errors import AsftError
 from asft.fileio import append_jsonl, read_json, write_json, write_jsonl, write_text
-from asft.judges import Judge, OpenAIClient, load_judge_prompts, rate_answers
+from asft.judges import Judge, OpenAIClient, load_judge_prompts, make_judge, rate_answers
 
 # generate_fn(prompts, max_new_tokens, add_special_tokens, on_batch, desc) -> responses
 GenerateFn = Callable[..., list[str]]
@@ -312,15 +312,18 @@ def _load_cached(out_dir: Path, name: str, key: str) -> SuiteResult | None:
 
 
 def evaluate(make_generate: Callable[[], GenerateFn], tokenizer: Any, suites: Sequence[str],
-             data_dir: str | Path, judge: Judge | None = None, out_dir: str | Path | None = None,
+             data_dir: str | Path, judge: Judge | str | None = None, out_dir: str | Path | None = None,
              template: str = "alpaca", max_new_tokens: int | None = None, limit: int | None = None,
              rater: OpenAIClient | None = None, model_key: Any = None, engine: str = "hf",
              log: Callable[[str], None] | None = None) -> dict[str, SuiteResult]:
     """Run ``suites`` with a generation function built on first need by ``make_generate()``.
 
     ``make_generate`` is lazy so that a rerun whose suites are all cached never loads the model.
-    ``model_key`` identifies the model for the cache (required with ``out_dir``).
+    ``model_key`` identifies the model for the cache (required with ``out_dir``). ``judge``: a Judge
+    or the name of one that needs no settings ("keyword", "toy").
     """
+    if isinstance(judge, str):
+        judge = make_judge(judge)
     if template not in TEMPLATES:
         raise AsftError(f"unknown template {template!r} (choose from {', '.join(TEMPLATES)})")
     if not suites:
@@ -386,7 +389,7 @@ def evaluate(make_generate: Callable[[], GenerateFn], tokenizer: Any, suites: Se
 
 
 def evaluate_model(model: Any, tokenizer: Any, suites: Sequence[str], data_dir: str | Path,
-                   judge: Judge | None = None, out_dir: str | Path | None = None, template: str = "alpaca",
+                   judge: Judge | str | None = None, out_dir: str | Path | None = None, template: str = "alpaca",
                    batch_size: int = 16, max_new_tokens: int | None = None, limit: int | None = None,
                    rater: OpenAIClient | None = None, model_key: Any = None, progress: bool = True,
                    log: Callable[[str], None] | None = None) -> dict[str, SuiteResult]:
