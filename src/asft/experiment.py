@@ -1,0 +1,197 @@
+"""Grids of fine-tuning runs (method x lambda x form x seed), each trained then evaluated.
+
+Runs are resumable: a run whose adapter and evaluation exist in its folder is read back, not redone,
+so an interrupted grid loses at most the run in progress. Rows follow the result-file format of
+``docs/architecture.md``: ``method``, ``lambda``, ``form``, ``task``, ``hs``, ``fa`` (percentages).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import math
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from asft.errors import AsftError
+from asft.fileio import read_json, write_json
+
+METHODS = ("aligned", "sft", "asft", "l2", "safelora")
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One run. ``safelora`` is Safe LoRA applied to the ``sft`` run of the same seed."""
+
+    method: str
+    lam: float = 0.0
+    form: str | None = None  # asft: safelora | projector
+    seed: int = 0
+
+    @property
+    def group(self) -> str:
+        """Name shared by the seeds of one setting, e.g. ``asft-safelora-lam30``."""
+        parts = [self.method]
+        if self.method == "asft":
+            parts.append(self.form or "safelora")
+        if self.method in ("asft", "l2"):
+            parts.append(f"lam{self.lam:g}")
+        return "-".join(parts)
+
+    @property
+    def name(self) -> str:
+        return self.group if self.method == "aligned" else f"{self.group}-s{self.seed}"
+
+
+@dataclass
+class Setting:
+    """What all runs of a grid share: model, anchor, data, evaluation and training options."""
+
+    model: Path                      # aligned model folder
+    data: Path                       # training records
+    eval_dir: Path                   # folder of the evaluation suites' files
+    harmful_suite: str               # e.g. "harmful" or "toy-harmful"
+    task_suite: str                  # e.g. "agnews" or "toy-topic"
+    judge: Any                       # a Judge or a judge name (asft.judges.make_judge)
+    anchor: Path | None = None
+    train: dict = field(default_factory=dict)  # TrainConfig overrides (lr, epochs, template, ...)
+    template: str = "alpaca"
+    eval_batch_size: int = 64
+    max_new_tokens: int | None = None
+    eval_limit: int | None = None
+    safelora_threshold: float = 0.5
+    proj_rank: int | None = None     # k of the projector form
+
+    @property
+    def task(self) -> str:
+        return self.task_suite.removeprefix("toy-")
+
+
+def _adapter_key(adapter: Path) -> str:
+    return hashlib.sha256((adapter / "adapter_model.safetensors").read_bytes()).hexdigest()[:16]
+
+
+def train_run(spec: RunSpec, setting: Setting, run_dir: Path) -> Path | None:
+    """Train (or reuse) the adapter of ``spec``; returns its folder (None for ``aligned``)."""
+    from asft.train import TrainConfig, train
+
+    adapter = run_dir / "adapter"
+    if spec.method == "aligned":
+        return None
+    if (adapter / "train_summary.json").is_file() or (adapter / "safelora.json").is_file():
+        return adapter
+    if spec.method == "safelora":
+        from asft.safelora import safelora_adapter
+
+        sft = train_run(RunSpec("sft", seed=spec.seed), setting, run_dir.parent / RunSpec("sft", seed=spec.seed).name)
+        safelora_adapter(setting.model, sft, setting.anchor, adapter, threshold=setting.safelora_threshold,
+                         overwrite=True)
+        return adapter
+    cfg = TrainConfig(**{**setting.train, "model": str(setting.model), "data": str(setting.data),
+                         "out": str(adapter), "method": spec.method, "lam": spec.lam,
+                         "form": spec.form or "safelora", "seed": spec.seed, "overwrite": True,
+                         "anchor": str(setting.anchor) if setting.anchor else None,
+                         "proj_rank": setting.proj_rank if spec.form == "projector" else None})
+    train(cfg)
+    return adapter
+
+
+def evaluate_run(spec: RunSpec, setting: Setting, run_dir: Path, adapter: Path | None,
+                 progress: bool = False) -> dict:
+    """HS and FA of a run (cached in ``run_dir/eval`` by the evaluation module)."""
+    from asft.evaluate import evaluate_model
+    from asft.modeling import load_adapter, load_model, load_tokenizer
+
+    tokenizer = load_tokenizer(setting.model)
+    model = load_model(setting.model)
+    if adapter is not None:
+        model = load_adapter(model, adapter, merge=True)
+    key = {"model": str(setting.model), "adapter": _adapter_key(adapter) if adapter else None}
+    res = evaluate_model(model, tokenizer, [setting.harmful_suite, setting.task_suite], setting.eval_dir,
+                         judge=setting.judge, out_dir=run_dir / "eval", template=setting.template,
+                         batch_size=setting.eval_batch_size, max_new_tokens=setting.max_new_tokens,
+                         limit=setting.eval_limit, model_key=key, progress=progress)
+    return {"hs": res[setting.harmful_suite].hs, "fa": res[setting.task_suite].fa}
+
+
+def run_one(spec: RunSpec, setting: Setting, out_dir: Path, progress: bool = False) -> dict:
+    """Train + evaluate one run; returns its result row (also saved as ``row.json``)."""
+    run_dir = Path(out_dir) / spec.name
+    row_path = run_dir / "row.json"
+    if row_path.is_file():
+        return read_json(row_path)
+    t0 = time.perf_counter()
+    adapter = train_run(spec, setting, run_dir)
+    t1 = time.perf_counter()
+    metrics = evaluate_run(spec, setting, run_dir, adapter, progress=progress)
+    row = {"method": spec.method, "lambda": spec.lam if spec.method in ("asft", "l2") else 0,
+           "form": spec.form if spec.method == "asft" else None, "task": setting.task,
+           **metrics, "seed": spec.seed, "group": spec.group,
+           "train_seconds": round(t1 - t0, 2), "eval_seconds": round(time.perf_counter() - t1, 2)}
+    if adapter is not None and (adapter / "train_summary.json").is_file():
+        summary = read_json(adapter / "train_summary.json")
+        row["task_loss"], row["penalty"] = summary["task_loss"], summary["penalty"]
+        if summary.get("c_top_eig"):
+            row["c_top_eig_max"] = max(summary["c_top_eig"].values())
+    write_json(row_path, row)
+    return row
+
+
+def run_grid(specs: Sequence[RunSpec], setting: Setting, out_dir: str | Path,
+             on_row: Callable[[RunSpec, dict], None] | None = None) -> list[dict]:
+    """Every run of ``specs`` in order (sft before its safelora), resumable."""
+    if any(s.method not in METHODS for s in specs):
+        bad = next(s.method for s in specs if s.method not in METHODS)
+        raise AsftError(f"unknown method {bad!r} (choose from {', '.join(METHODS)})")
+    if any(s.method in ("asft", "safelora") for s in specs) and setting.anchor is None:
+        raise AsftError("methods asft and safelora need an anchor file")
+    rows = []
+    for spec in specs:
+        row = run_one(spec, setting, Path(out_dir))
+        rows.append(row)
+        if on_row is not None:
+            on_row(spec, row)
+    return rows
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    values = [v for v in values if v is not None and not math.isnan(v)]
+    if not values:
+        return float("nan"), float("nan")
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def aggregate(rows: Sequence[dict]) -> list[dict]:
+    """One row per setting (method, lambda, form, task): mean and std of hs and fa over seeds."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["group"], r["task"]), []).append(r)
+    out = []
+    for (_, task), rs in groups.items():
+        hs, hs_std = _mean_std([r["hs"] for r in rs])
+        fa, fa_std = _mean_std([r["fa"] for r in rs])
+        first = rs[0]
+        row = {"method": first["method"], "lambda": first["lambda"], "form": first["form"], "task": task,
+               "hs": round(hs, 2), "hs_std": round(hs_std, 2), "fa": round(fa, 2), "fa_std": round(fa_std, 2),
+               "seeds": sorted(r["seed"] for r in rs), "group": first["group"]}
+        eig = [r["c_top_eig_max"] for r in rs if "c_top_eig_max" in r]
+        if eig:
+            row["c_top_eig_max"] = round(statistics.fmean(eig), 4)
+        out.append(row)
+    return out
+
+
+def results_document(config: dict, rows: Sequence[dict], runs: Sequence[dict] | None = None) -> dict:
+    """The versioned ``results.json`` document."""
+    doc = {"version": 1, "config": config, "rows": list(rows)}
+    if runs is not None:
+        doc["runs"] = list(runs)
+    return doc
+
+
+def spec_from_dict(d: dict) -> RunSpec:
+    names = {f.name for f in dataclasses.fields(RunSpec)}
+    return RunSpec(**{k: v for k, v in d.items() if k in names})

@@ -1,0 +1,108 @@
+"""Tables and charts from result rows (``results.json``: method, lambda, form, task, hs, fa, ...)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+from asft.fileio import atomic_path
+
+
+def label(row: dict) -> str:
+    """Human name of a row's setting, e.g. ``asft (safelora) λ=30``."""
+    m = row["method"]
+    if m == "asft":
+        return f"asft ({row.get('form') or 'safelora'}) λ={row['lambda']:g}"
+    if m == "l2":
+        return f"l2 λ={row['lambda']:g}"
+    return {"safelora": "Safe LoRA", "sft": "SFT", "aligned": "aligned (no fine-tuning)"}.get(m, m)
+
+
+def _pm(row: dict, key: str) -> str:
+    v = row.get(key)
+    if v is None:
+        return "-"
+    std = row.get(f"{key}_std")
+    return f"{v:.1f} ± {std:.1f}" if std else f"{v:.1f}"
+
+
+def markdown_table(rows: Sequence[dict]) -> str:
+    """| setting | HS % | FA % | seeds | max eig of C |, lower HS and higher FA are better."""
+    lines = ["| setting | HS % (lower is better) | FA % (higher is better) | seeds | max eig(C) |",
+             "|---|---|---|---|---|"]
+    for r in rows:
+        eig = r.get("c_top_eig_max")
+        seeds = r.get("seeds", [r.get("seed")] if r.get("seed") is not None else [])
+        lines.append(f"| {label(r)} | {_pm(r, 'hs')} | {_pm(r, 'fa')} | {len(seeds) or '-'} | "
+                     f"{'-' if eig is None else f'{eig:.3g}'} |")
+    return "\n".join(lines) + "\n"
+
+
+def bar_chart(rows: Sequence[dict], path: str | Path, title: str = "") -> Path:
+    """Side-by-side bars of HS and FA per setting (error bars = std over seeds)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [label(r) for r in rows]
+    x = range(len(rows))
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(rows) + 2), 4.2))
+    w = 0.38
+    ax.bar([i - w / 2 for i in x], [r["hs"] for r in rows], w, yerr=[r.get("hs_std") or 0 for r in rows],
+           label="harmful score HS % (lower is better)", color="#c0392b", capsize=3)
+    ax.bar([i + w / 2 for i in x], [r["fa"] or 0 for r in rows], w, yerr=[r.get("fa_std") or 0 for r in rows],
+           label="fine-tuning accuracy FA % (higher is better)", color="#2e86c1", capsize=3)
+    ax.set_xticks(list(x))
+    ax.set_xticklabels(names, rotation=25, ha="right", fontsize=8)
+    ax.set_ylim(0, 105)
+    ax.set_ylabel("%")
+    ax.legend(fontsize=8, loc="upper left")
+    if title:
+        ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def tradeoff_chart(rows: Sequence[dict], path: str | Path, title: str = "") -> Path:
+    """HS against FA, one line per method family through its lambdas (error bars = std)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.8))
+    families: dict[str, list[dict]] = {}
+    for r in rows:
+        fam = "asft (" + (r.get("form") or "safelora") + ")" if r["method"] == "asft" else r["method"]
+        families.setdefault(fam, []).append(r)
+    markers = {"sft": "s", "aligned": "*", "safelora": "D", "l2": "o"}
+    for fam, rs in families.items():
+        rs = sorted(rs, key=lambda r: r["lambda"])
+        ax.errorbar([r["fa"] for r in rs], [r["hs"] for r in rs], xerr=[r.get("fa_std") or 0 for r in rs],
+                    yerr=[r.get("hs_std") or 0 for r in rs], marker=markers.get(fam, "^"), capsize=2,
+                    linestyle="-" if len(rs) > 1 else "none", label=label(rs[0]) if len(rs) == 1 else fam)
+        if len(rs) > 1:
+            for r in rs:
+                ax.annotate(f"{r['lambda']:g}", (r["fa"], r["hs"]), fontsize=7, xytext=(3, 3),
+                            textcoords="offset points")
+    ax.set_xlabel("fine-tuning accuracy FA % (higher is better)")
+    ax.set_ylabel("harmful score HS % (lower is better)")
+    ax.set_xlim(-2, 102)
+    ax.set_ylim(-2, 102)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    if title:
+        ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def _save(fig, path: str | Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, format=path.suffix.lstrip(".") or "png")
+    plt.close(fig)
+    return path
