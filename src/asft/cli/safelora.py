@@ -1,0 +1,56 @@
+"""`asft safelora`: the Safe LoRA baseline, a training-free projection of a trained LoRA adapter."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "safelora",
+        help="Safe LoRA baseline: project a trained adapter's modules onto the alignment direction",
+        description=(
+            "For each LoRA module, with C = V V^T / ||V||_F from the anchor, replace B by C B when the "
+            "cosine similarity of the update B A and its projection C B A is below --threshold "
+            "(or for the --ratio fraction of modules with the lowest similarity). Writes a new adapter."
+        ),
+    )
+    p.add_argument("--model", required=True, metavar="DIR", help="aligned model folder the adapter was trained on")
+    p.add_argument("--adapter", required=True, metavar="DIR", help="adapter folder (from asft train)")
+    p.add_argument("--anchor", required=True, metavar="FILE", help="anchor file of this model (from asft anchor)")
+    p.add_argument("--out", required=True, metavar="DIR", help="folder for the projected adapter and safelora.json")
+    sel = p.add_mutually_exclusive_group()
+    sel.add_argument("--threshold", type=float, metavar="T",
+                     help="project modules whose similarity is below T (default 0.5)")
+    sel.add_argument("--ratio", type=float, metavar="Q",
+                     help="instead: project the fraction Q of modules with the lowest similarity")
+    p.add_argument("--dtype", default="auto", help="model dtype: auto, float32, bfloat16 or float16")
+    p.add_argument("--overwrite", action="store_true", help="replace an adapter already in --out")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from asft.safelora import DEFAULT_THRESHOLD, safelora_adapter
+
+    threshold = DEFAULT_THRESHOLD if args.threshold is None else args.threshold
+    rows = safelora_adapter(args.model, args.adapter, args.anchor, args.out, threshold=threshold,
+                            ratio=args.ratio, overwrite=args.overwrite, dtype=args.dtype)
+    table = Table(title=f"Safe LoRA: {args.adapter}")
+    table.add_column("module", no_wrap=True, min_width=max((len(r["module"]) for r in rows), default=6))
+    table.add_column("similarity", justify="right", no_wrap=True, min_width=10)
+    table.add_column("projected", justify="center", no_wrap=True, min_width=9)
+    table.add_column("||dW||_F", justify="right", no_wrap=True, min_width=8)
+    for r in rows:
+        sim = "-" if r["similarity"] is None else f"{r['similarity']:.4f}"
+        norms = f"{r['norm_before']:.4g}" + (f" -> {r['norm_after']:.4g}" if r["projected"] else "")
+        table.add_row(r["module"], sim, "yes" if r["projected"] else "no", norms)
+    console = Console()
+    console.print(table)
+    rule = f"lowest {args.ratio:g} fraction" if args.ratio is not None else f"similarity < {threshold:g}"
+    n = sum(r["projected"] for r in rows)
+    console.print(f"projected {n} of {len(rows)} modules ({rule}); adapter written to {args.out} "
+                  f"(rows in {args.out}/safelora.json)")
+    return 0
