@@ -44,18 +44,19 @@ def _sync(device):
         torch.cuda.synchronize()
 
 
-def timed(fn, steps: int, device: torch.device, warmup: int = 1) -> float:
-    """Median seconds of ``fn()`` over ``steps`` runs after ``warmup`` runs."""
-    for _ in range(warmup):
-        fn()
-    _sync(device)
-    times = []
-    for _ in range(steps):
-        t0 = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+def timed(fns: dict, steps: int, device: torch.device, warmup: int = 1) -> dict[str, float]:
+    """Median seconds of each ``fns[name]()``, run round-robin (so load on a shared machine hits
+    every variant alike) for ``steps`` rounds after ``warmup`` rounds."""
+    times = {name: [] for name in fns}
+    for i in range(warmup + steps):
+        for name, fn in fns.items():
+            _sync(device)
+            t0 = time.perf_counter()
+            fn()
+            _sync(device)
+            if i >= warmup:
+                times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def power_law_V(d_out: int, d_in: int, seed: int, device) -> torch.Tensor:
@@ -85,25 +86,29 @@ def penalty_alone(args, device) -> list[dict]:
         B = (torch.randn(d_out, args.r, generator=g) * 0.01).to(device).requires_grad_()
         exact = AnchorEntry(name=label, shape=(d_out, d_in), norm=norm, V=V)
 
-        def run(op_fn):
+        def fb(fn):
             def step():
                 A.grad = B.grad = None
-                op_fn().backward()
-            return timed(step, args.steps, device)
+                fn().backward()
+            return step
 
-        ref_value = float(reference_penalty(A, B, V))
-        row = {"shape": label, "r": args.r,
-               "reference_s": run(lambda: reference_penalty(A, B, V))}
-        for strategy in ("full", "gram", "auto"):
-            op = build_operator(exact, "safelora", strategy=strategy).to(device)
-            row[f"{strategy}_s"] = run(lambda op=op: op.penalty(A, B))
-            row[f"{strategy}_rel_err"] = abs(float(op.penalty(A, B)) - ref_value) / ref_value
+        ref_value = float(reference_penalty(A, B, V).detach())
+        fns, ops = {"reference": fb(lambda: reference_penalty(A, B, V))}, {}
+        for strategy in ("full", "gram"):
+            ops[strategy] = build_operator(exact, "safelora", strategy=strategy).to(device)
+        ops["auto"] = ops["gram" if d_out <= d_in else "full"]
         U, S, Vh = torch.linalg.svd(V, full_matrices=False)
         for k in args.ranks:
             low = AnchorEntry(name=label, shape=(d_out, d_in), norm=norm, U=U[:, :k], S=S[:k], Vh=Vh[:k])
-            op = build_operator(low, "safelora").to(device)
-            row[f"rank{k}_s"] = run(lambda op=op: op.penalty(A, B))
-            row[f"rank{k}_rel_err"] = abs(float(op.penalty(A, B)) - ref_value) / ref_value
+            ops[f"rank{k}"] = build_operator(low, "safelora").to(device)
+        for name, op in ops.items():
+            fns[name] = fb(lambda op=op: op.penalty(A, B))
+        row = {"shape": label, "r": args.r}
+        row.update({f"{k}_s": v for k, v in timed(fns, args.steps, device).items()})
+        for name, op in ops.items():
+            row[f"{name}_rel_err"] = abs(float(op.penalty(A, B).detach()) - ref_value) / ref_value
+        print(f"  {label}: reference {row['reference_s']:.3f}s, full {row['full_s']:.4f}s, "
+              f"gram {row['gram_s']:.4f}s per module", flush=True)
         rows.append(row)
         print(f"  {label}: reference {row['reference_s']:.3f}s, full {row['full_s']:.4f}s, "
               f"gram {row['gram_s']:.4f}s, auto {row['auto_s']:.4f}s per module", flush=True)
@@ -157,8 +162,9 @@ def training_step(args, device, shape: str) -> dict:
     if shape == "7b" and not args.with_reference_7b:
         variants.pop("reference")  # ~64 x 2 d^3 per step: minutes on CPU, seconds on GPU
     row = {"model": shape, "batch": batch, "seq": seq, "dtype": str(dtype).replace("torch.", "")}
-    for name, pen in variants.items():
-        def step(pen=pen):
+
+    def step(pen):
+        def run():
             opt.zero_grad(set_to_none=True)
             with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
                 loss = model(input_ids=ids, labels=ids).loss
@@ -166,8 +172,12 @@ def training_step(args, device, shape: str) -> dict:
                 loss = loss + pen()
             loss.backward()
             opt.step()
-        row[f"{name}_s"] = timed(step, args.steps, device, warmup=2)
-        print(f"  {shape} step, {name}: {row[f'{name}_s']:.4f}s", flush=True)
+        return run
+
+    times = timed({name: step(pen) for name, pen in variants.items()}, args.steps, device, warmup=2)
+    for name, t in times.items():
+        row[f"{name}_s"] = t
+        print(f"  {shape} step, {name}: {t:.4f}s", flush=True)
     for name in variants:
         if name != "plain":
             row[f"{name}/plain"] = row[f"{name}_s"] / row["plain_s"]

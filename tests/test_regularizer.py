@@ -101,9 +101,10 @@ def test_float32_operators_close_to_float64():
         assert abs(got - ref) <= 1e-4 * ref
 
 
-def test_auto_strategy_picks_gram_for_wide_and_full_for_square():
+def test_auto_strategy_picks_gram_unless_tall():
     assert build_operator(_entry(torch.randn(8, 32)), "safelora").kind == "gram"
-    assert build_operator(_entry(torch.randn(16, 16)), "safelora").kind == "full"
+    assert build_operator(_entry(torch.randn(16, 16)), "safelora").kind == "gram"
+    assert build_operator(_entry(torch.randn(32, 8)), "safelora").kind == "full"
 
 
 def test_gradcheck_fast_penalty():

@@ -18,7 +18,8 @@ Nothing here is ever d x d per step. With M = (I - C) B (d_out, r),
 O(d_out r^2 + d_in r^2) once M is known; M costs
   - O(d_out d_in r) with a full V (``M = B - V (V^T B) / ||V||_F``), no precomputation;
   - O(d_out^2 r) with the Gram form G = (I - C)^T (I - C) (d_out, d_out, precomputed once):
-    ``||(I - C) B A||^2 = sum((B^T G B) * (A A^T))``; chosen when d_out < d_in (GQA k/v);
+    ``||(I - C) B A||^2 = sum((B^T G B) * (A A^T))``, with a hand-written backward that reuses
+    G B, so forward + backward is a single such product; chosen when d_out <= d_in;
   - O(d_out k r) with k factors P (``M = B - P (P^T B)``): P = U_k for ``projector``,
     P = U_k S_k / sqrt(||V||_F) for ``safelora`` with a rank-k anchor (then C ~ P P^T).
 Everything is computed in float32, whatever the model's dtype.
@@ -66,16 +67,37 @@ def penalty_factors(A: torch.Tensor, B: torch.Tensor, P: torch.Tensor) -> torch.
     return _quad(M, A)
 
 
+class _GramPenalty(torch.autograd.Function):
+    """p = tr(B^T G B S), S = A A^T, for a symmetric G: forward and backward share the single
+    O(d_out^2 r) product G B (autograd would compute a second one, G^T dOut, in backward)."""
+
+    @staticmethod
+    def forward(ctx, A, B, G):
+        GB = G @ B                      # (d_out, r): the only product with d_out^2 in it
+        S = A @ A.T                     # (r, r)
+        Q = B.T @ GB                    # (r, r), symmetric
+        ctx.save_for_backward(A, GB, S, Q)
+        return (Q * S).sum()
+
+    @staticmethod
+    def backward(ctx, grad):
+        A, GB, S, Q = ctx.saved_tensors
+        # dp/dA = 2 Q A and dp/dB = 2 G B S, both from saved (r, r) and (d, r) factors.
+        return 2 * grad * (Q @ A), 2 * grad * (GB @ S), None
+
+
 def penalty_gram(A: torch.Tensor, B: torch.Tensor, G: torch.Tensor) -> torch.Tensor:
-    """sum((B^T G B) * (A A^T)) = ||(I - C) B A||_F^2 when G = (I - C)^T (I - C); O(d_out^2 r)."""
-    return ((B.T @ (G @ B)) * (A @ A.T)).sum()
+    """sum((B^T G B) * (A A^T)) = ||(I - C) B A||_F^2 for G = (I - C)^T (I - C) (symmetric).
+    One O(d_out^2 r) product per forward + backward."""
+    return _GramPenalty.apply(A, B, G)
 
 
 def gram_safelora(V: torch.Tensor, norm: float) -> torch.Tensor:
     """G = (I - C)^2 for C = V V^T / norm (symmetric); computed in float64, returned in V's dtype."""
     V64 = V.double()
     IC = torch.eye(V.shape[0], dtype=torch.float64, device=V.device) - (V64 @ V64.T) / norm
-    return (IC @ IC).to(V.dtype)
+    G = IC @ IC
+    return ((G + G.T) / 2).to(V.dtype)  # exactly symmetric: the custom backward relies on it
 
 
 # ----------------------------------------------------------------------------- per-module operator
@@ -124,8 +146,11 @@ def build_operator(entry: "AnchorEntry", form: str, k: int | None = None,
                    energy: float | None = None, strategy: str = "auto") -> ModuleOperator:
     """Precompute one module's penalty operator from its anchor entry.
 
-    strategy (safelora with a full V): ``auto`` picks Gram when d_out < d_in (cheaper per step,
-    cheap to precompute), else the V form; ``full`` / ``gram`` force one. Tensors keep the
+    strategy (safelora with a full V): ``auto`` picks the Gram form when d_out <= d_in (every
+    attention projection of Llama-style models): one O(d_out^2 r) product per step, for a one-off
+    O(d_out^2 d_in + d_out^3) precomputation (about 340 steps' worth of the V form at d = 4096,
+    r = 8, paid once per run); else the V form (4 products of O(d_out d_in r) per step, no
+    precomputation, G would be larger than V). ``full`` / ``gram`` force one. Tensors keep the
     anchor's dtype here; ``ModuleOperator.to`` makes them float32 on the training device.
     """
     if strategy not in ("auto", "full", "gram"):
@@ -146,7 +171,7 @@ def build_operator(entry: "AnchorEntry", form: str, k: int | None = None,
         U, S = entry.left_factors(k=k, energy=energy)
         return ModuleOperator(entry.name, "factors", P=U * S / math.sqrt(entry.norm))
     d_out, d_in = entry.V.shape
-    if strategy == "gram" or (strategy == "auto" and d_out < d_in):
+    if strategy == "gram" or (strategy == "auto" and d_out <= d_in):
         c_top = float(torch.linalg.matrix_norm(entry.V.double(), ord=2) ** 2 / entry.norm)
         return ModuleOperator(entry.name, "gram", G=gram_safelora(entry.V, entry.norm), c_top=c_top)
     return ModuleOperator(entry.name, "full", V=entry.V, norm=float(entry.norm))
