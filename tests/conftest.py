@@ -1,0 +1,24 @@
+"""Session fixtures shared by the whole test suite. Keep each fixture small and documented."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def toy_world():
+    """The "test"-size toy world, seed 0: real tiny base/aligned Llama models, data and eval sets.
+
+    Built once (about 30 s on one core) into ``<repo>/.cache/toy`` (git-ignored; ``ASFT_TEST_CACHE``
+    overrides) and reused by later sessions; the cache key includes the world's version.
+    Paths: ``toy_world.base``, ``.aligned``, ``.eval_dir``; mixes: ``toy_world.make_mix(task, n, p)``.
+    """
+    from asft.toy import get_world
+
+    cache = os.environ.get("ASFT_TEST_CACHE") or REPO / ".cache" / "toy"
+    return get_world(size="test", seed=0, cache_dir=cache)
