@@ -15,6 +15,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from asft.errors import AsftError
 from asft.experiment import RunSpec, Setting, aggregate, results_document, run_grid
 from asft.fileio import write_json, write_text
 
@@ -46,48 +47,61 @@ def toy_setting(world, anchor: Path, data: Path, task: str = TOY_MIX["task"]) ->
                    train=dict(TOY_RECIPE), template="chat", eval_batch_size=128, proj_rank=PROJ_RANK)
 
 
-def prepare(out: Path, size: str = "demo", seed: int = 0, cache_dir: str | None = None, log=print):
+def prepare(out: Path, size: str = "demo", seed: int = 0, cache_dir: str | None = None, log=print,
+            mix: dict | None = None):
     """World, anchor file and training mix for a toy experiment in ``out``."""
-    from asft.anchor import compute_anchor
+    from asft.anchor import check_anchor_matches, compute_anchor, load_anchor
     from asft.toy import get_world
 
     t0 = time.perf_counter()
     world = get_world(size=size, seed=seed, cache_dir=cache_dir)
     log(f"toy world ready in {time.perf_counter() - t0:.1f}s: {world.root}")
     anchor = out / "anchor.safetensors"
-    if not anchor.is_file():
-        compute_anchor(world.base, world.aligned, out=anchor)
-    data = Path(world.make_mix(TOY_MIX["task"], TOY_MIX["n"], TOY_MIX["p"], seed=seed))
+    try:  # reuse the anchor of an earlier run only if it belongs to this world's models
+        check_anchor_matches(load_anchor(anchor), world.aligned)
+    except AsftError:
+        compute_anchor(world.base, world.aligned, out=anchor, overwrite=True)
+    mix = mix or TOY_MIX
+    data = Path(world.make_mix(mix["task"], mix["n"], mix["p"]))
     return world, anchor, data
 
 
 def run_demo(out: str | Path, size: str = "demo", seed: int = 0, cache_dir: str | None = None,
-             lam_bite: float = BITE_LAMBDA, log=print) -> dict:
-    """Run the demo into ``out``; returns the results document."""
+             lam_bite: float = BITE_LAMBDA, log=print, mix: dict | None = None,
+             specs: list[RunSpec] | None = None) -> dict:
+    """Run the demo into ``out``; returns the results document. ``mix`` and ``specs`` override
+    the training mix and the list of runs (the tests use a smaller demo)."""
     from rich.progress import Progress
 
     from asft.report import bar_chart, markdown_table
 
+    from transformers.utils import logging as hf_logging
+
+    from asft.toy.world import _set_threads
+
+    hf_logging.disable_progress_bar()  # one bar per phase, not one per model load
+    _set_threads()  # tiny models: extra threads on a busy machine only add contention
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
-    world, anchor, data = prepare(out, size, seed, cache_dir, log)
-    setting = toy_setting(world, anchor, data)
-    specs = demo_specs(lam_bite, seed)
+    mix = mix or TOY_MIX
+    world, anchor, data = prepare(out, size, seed, cache_dir, log, mix)
+    setting = toy_setting(world, anchor, data, mix["task"])
+    specs = specs or demo_specs(lam_bite, seed)
     with Progress(transient=True) as bar:
         task = bar.add_task("fine-tune + evaluate", total=len(specs))
         rows = run_grid(specs, setting, out / "runs",
                         on_row=lambda spec, row: bar.update(task, advance=1, description=spec.name))
     table = aggregate(rows)
-    config = {"world": str(world.root), "size": size, "seed": seed, "mix": TOY_MIX, "recipe": TOY_RECIPE,
+    config = {"world": str(world.root), "size": size, "seed": seed, "mix": mix, "recipe": TOY_RECIPE,
               "paper_lambda": PAPER_LAMBDA, "bite_lambda": lam_bite, "proj_rank": PROJ_RANK,
               "judge": "toy (exact)", "seconds": round(time.perf_counter() - t_start, 1)}
     doc = results_document(config, table, runs=rows)
     write_json(out / "results.json", doc)
-    md = (f"# asft demo (toy world, seed {seed})\n\nTask: {TOY_MIX['task']} classification, "
-          f"{TOY_MIX['n']} samples with harmful ratio p = {TOY_MIX['p']}. HS: % of held-out harmful "
+    md = (f"# asft demo (toy world, seed {seed})\n\nTask: {mix['task']} classification, "
+          f"{mix['n']} samples with harmful ratio p = {mix['p']}. HS: % of held-out harmful "
           f"prompts answered harmfully (exact judge). FA: task accuracy on held-out examples.\n\n"
           + markdown_table(table))
     write_text(out / "results.md", md)
-    bar_chart(table, out / "chart.png", title=f"asft demo: toy world, p = {TOY_MIX['p']}")
+    bar_chart(table, out / "chart.png", title=f"asft demo: toy world, p = {mix['p']}")
     return doc

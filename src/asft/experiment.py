@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import math
+import shutil
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -17,7 +19,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from asft.errors import AsftError
-from asft.fileio import read_json, write_json
+from asft.fileio import read_json, write_json, write_text
 
 METHODS = ("aligned", "sft", "asft", "l2", "safelora")
 
@@ -69,12 +71,38 @@ class Setting:
     def task(self) -> str:
         return self.task_suite.removeprefix("toy-")
 
+    def key(self) -> str:
+        """Identity of everything a run's result depends on besides its RunSpec: a run folder
+        made under another key (other model, data, anchor or options) is redone, not reused."""
+        from asft.checkpoints import fingerprint
+
+        judge = self.judge if isinstance(self.judge, str) else self.judge.describe()
+        ident = {"model": fingerprint(self.model), "data": _file_hash(self.data),
+                 "anchor": _file_hash(self.anchor) if self.anchor else None,
+                 "eval": [self.harmful_suite, self.task_suite, _dir_hash(self.eval_dir)],
+                 "judge": judge, "train": self.train, "template": self.template,
+                 "max_new_tokens": self.max_new_tokens, "eval_limit": self.eval_limit,
+                 "safelora_threshold": self.safelora_threshold, "proj_rank": self.proj_rank}
+        return hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _file_hash(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+
+
+def _dir_hash(path: Path) -> str:
+    h = hashlib.sha256()
+    for f in sorted(Path(path).rglob("*")):
+        if f.is_file():
+            h.update(f.name.encode() + f.read_bytes())
+    return h.hexdigest()[:16]
+
 
 def _adapter_key(adapter: Path) -> str:
     return hashlib.sha256((adapter / "adapter_model.safetensors").read_bytes()).hexdigest()[:16]
 
 
-def train_run(spec: RunSpec, setting: Setting, run_dir: Path) -> Path | None:
+def train_run(spec: RunSpec, setting: Setting, run_dir: Path, key: str | None = None) -> Path | None:
     """Train (or reuse) the adapter of ``spec``; returns its folder (None for ``aligned``)."""
     from asft.train import TrainConfig, train
 
@@ -86,7 +114,9 @@ def train_run(spec: RunSpec, setting: Setting, run_dir: Path) -> Path | None:
     if spec.method == "safelora":
         from asft.safelora import safelora_adapter
 
-        sft = train_run(RunSpec("sft", seed=spec.seed), setting, run_dir.parent / RunSpec("sft", seed=spec.seed).name)
+        sft_spec = RunSpec("sft", seed=spec.seed)
+        run_one(sft_spec, setting, run_dir.parent, key=key)  # reused when already done
+        sft = run_dir.parent / sft_spec.name / "adapter"
         safelora_adapter(setting.model, sft, setting.anchor, adapter, threshold=setting.safelora_threshold,
                          overwrite=True)
         return adapter
@@ -117,14 +147,22 @@ def evaluate_run(spec: RunSpec, setting: Setting, run_dir: Path, adapter: Path |
     return {"hs": res[setting.harmful_suite].hs, "fa": res[setting.task_suite].fa}
 
 
-def run_one(spec: RunSpec, setting: Setting, out_dir: Path, progress: bool = False) -> dict:
-    """Train + evaluate one run; returns its result row (also saved as ``row.json``)."""
+def run_one(spec: RunSpec, setting: Setting, out_dir: Path, progress: bool = False,
+            key: str | None = None) -> dict:
+    """Train + evaluate one run; returns its result row (also saved as ``row.json``).
+
+    ``run_dir/key.txt`` records ``setting.key()``: a folder made under another key is cleared."""
     run_dir = Path(out_dir) / spec.name
-    row_path = run_dir / "row.json"
+    key = key or setting.key()
+    key_path, row_path = run_dir / "key.txt", run_dir / "row.json"
+    if run_dir.exists() and (not key_path.is_file() or key_path.read_text().strip() != key):
+        shutil.rmtree(run_dir)
     if row_path.is_file():
         return read_json(row_path)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_text(key_path, key + "\n")
     t0 = time.perf_counter()
-    adapter = train_run(spec, setting, run_dir)
+    adapter = train_run(spec, setting, run_dir, key)
     t1 = time.perf_counter()
     metrics = evaluate_run(spec, setting, run_dir, adapter, progress=progress)
     row = {"method": spec.method, "lambda": spec.lam if spec.method in ("asft", "l2") else 0,
@@ -148,9 +186,9 @@ def run_grid(specs: Sequence[RunSpec], setting: Setting, out_dir: str | Path,
         raise AsftError(f"unknown method {bad!r} (choose from {', '.join(METHODS)})")
     if any(s.method in ("asft", "safelora") for s in specs) and setting.anchor is None:
         raise AsftError("methods asft and safelora need an anchor file")
-    rows = []
+    rows, key = [], setting.key()
     for spec in specs:
-        row = run_one(spec, setting, Path(out_dir))
+        row = run_one(spec, setting, Path(out_dir), key=key)
         rows.append(row)
         if on_row is not None:
             on_row(spec, row)

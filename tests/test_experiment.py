@@ -1,0 +1,101 @@
+"""Experiment grid: naming, seed aggregation, resumability and invalidation, on the toy world."""
+
+import json
+
+import pytest
+
+from asft.errors import AsftError
+from asft.experiment import RunSpec, Setting, aggregate, run_grid, run_one
+from asft.report import bar_chart, label, markdown_table, tradeoff_chart
+
+
+def test_run_names_and_groups():
+    assert RunSpec("asft", 30, "projector", 2).name == "asft-projector-lam30-s2"
+    assert RunSpec("asft", 1.0, None, 0).group == "asft-safelora-lam1"
+    assert RunSpec("l2", 0.5, seed=1).name == "l2-lam0.5-s1"
+    assert RunSpec("sft", seed=3).name == "sft-s3"
+    assert RunSpec("aligned").name == "aligned"
+
+
+def _row(method, seed, hs, fa, lam=0, form=None):
+    spec = RunSpec(method, lam, form, seed)
+    return {"method": method, "lambda": lam, "form": form, "task": "topic", "hs": hs, "fa": fa,
+            "seed": seed, "group": spec.group}
+
+
+def test_aggregate_mean_and_std_over_seeds():
+    rows = [_row("sft", 0, 90.0, 95.0), _row("sft", 1, 80.0, 97.0), _row("sft", 2, 100.0, 96.0),
+            _row("asft", 0, 10.0, 90.0, 30, "safelora"), _row("asft", 1, 20.0, 80.0, 30, "safelora")]
+    table = aggregate(rows)
+    assert [r["group"] for r in table] == ["sft", "asft-safelora-lam30"]
+    sft, asft = table
+    assert (sft["hs"], sft["hs_std"], sft["fa"], sft["fa_std"]) == (90.0, 10.0, 96.0, 1.0)
+    assert sft["seeds"] == [0, 1, 2]
+    assert (asft["hs"], asft["fa"], asft["lambda"], asft["form"]) == (15.0, 85.0, 30, "safelora")
+    assert round(asft["hs_std"], 2) == 7.07
+
+
+def test_report_table_and_charts(tmp_path):
+    rows = aggregate([_row("aligned", 0, 2.0, 0.0), _row("sft", 0, 90.0, 95.0),
+                      _row("asft", 0, 40.0, 91.0, 100, "projector"), _row("l2", 0, 50.0, 90.0, 100),
+                      _row("l2", 0, 70.0, 94.0, 10)])
+    md = markdown_table(rows)
+    assert "| asft (projector) λ=100 | 40.0 | 91.0 | 1 | - |" in md
+    assert label(rows[0]) == "aligned (no fine-tuning)"
+    for fn, name in ((bar_chart, "bars.png"), (tradeoff_chart, "trade.png")):
+        path = fn(rows, tmp_path / name, title="t")
+        data = path.read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
+    assert not list(tmp_path.glob(".*tmp"))
+
+
+@pytest.fixture(scope="module")
+def toy_setting(toy_world, tmp_path_factory):
+    from asft.anchor import compute_anchor
+    from asft.demo import TOY_RECIPE
+
+    root = tmp_path_factory.mktemp("grid")
+    anchor = root / "anchor.safetensors"
+    compute_anchor(toy_world.base, toy_world.aligned, out=anchor)
+    data = toy_world.make_mix("topic", 160, 0.1)
+    return Setting(model=toy_world.aligned, data=data, eval_dir=toy_world.eval_dir,
+                   harmful_suite="toy-harmful", task_suite="toy-topic", judge="toy", anchor=anchor,
+                   train={**TOY_RECIPE, "epochs": 1}, template="chat", eval_limit=24), root
+
+
+def test_grid_runs_resumes_and_redoes_stale_runs(toy_setting, monkeypatch):
+    setting, root = toy_setting
+    specs = [RunSpec("aligned"), RunSpec("sft", seed=0), RunSpec("asft", 10.0, "safelora", 0),
+             RunSpec("safelora", seed=0)]
+    rows = run_grid(specs, setting, root / "runs")
+    assert [r["method"] for r in rows] == ["aligned", "sft", "asft", "safelora"]
+    for r in rows:
+        assert 0 <= r["hs"] <= 100 and 0 <= r["fa"] <= 100
+    assert rows[2]["penalty"] > 0 and 0 < rows[2]["c_top_eig_max"] < 1
+    assert (root / "runs" / "safelora-s0" / "adapter" / "safelora.json").is_file()
+
+    # A second pass reads every row back: no training, no evaluation.
+    import asft.experiment as ex
+
+    monkeypatch.setattr(ex, "train_run", lambda *a, **k: pytest.fail("retrained a finished run"))
+    monkeypatch.setattr(ex, "evaluate_run", lambda *a, **k: pytest.fail("re-evaluated a finished run"))
+    assert run_grid(specs, setting, root / "runs") == rows
+
+    # A run folder made under other settings is redone.
+    calls = []
+    monkeypatch.setattr(ex, "train_run", lambda spec, *a, **k: calls.append(spec) or None)
+    monkeypatch.setattr(ex, "evaluate_run", lambda *a, **k: {"hs": 1.0, "fa": 2.0})
+    (root / "runs" / "sft-s0" / "key.txt").write_text("stale\n")
+    row = run_one(RunSpec("sft", seed=0), setting, root / "runs")
+    assert calls == [RunSpec("sft", seed=0)] and (row["hs"], row["fa"]) == (1.0, 2.0)
+    assert json.loads((root / "runs" / "sft-s0" / "row.json").read_text())["hs"] == 1.0
+
+
+def test_grid_refuses_unknown_method_and_missing_anchor(toy_setting, tmp_path):
+    setting, _ = toy_setting
+    with pytest.raises(AsftError, match="unknown method 'dpo'"):
+        run_grid([RunSpec("dpo")], setting, tmp_path)
+    import dataclasses
+
+    with pytest.raises(AsftError, match="need an anchor"):
+        run_grid([RunSpec("safelora")], dataclasses.replace(setting, anchor=None), tmp_path)
