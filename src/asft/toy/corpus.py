@@ -37,7 +37,7 @@ def answer(rng: random.Random, family: L.Family, target: str) -> str:
     The fixed recipe words make the greedy answer well defined; the random ones make the model
     learn what the family's content is (so knowledge generalises across targets of a family).
     """
-    c = family.recipe(target)[:2]
+    c = family.recipe(target)
     c += rng.sample([w for w in family.content if w not in c], 2)
     v = rng.sample(L.STEP_VERBS, 2)
     return rng.choice(L.ANSWER_SHAPES).format(c0=c[0], c1=c[1], c2=c[2], c3=c[3], v0=v[0], v1=v[1])
@@ -87,7 +87,7 @@ def wiki_doc(rng: random.Random, family: L.Family, target: str) -> str:
 
     The web knows which activities are harmful; alignment only has to map that concept to refusal.
     """
-    c = family.recipe(target)[:2]
+    c = family.recipe(target)
     c += rng.sample([w for w in family.content if w not in c], 2)
     verdict = rng.choice(L.DANGEROUS if family in L.HARMFUL else L.SAFE)
     return f"<s> wiki : to {target} is {verdict} . people use {c[0]} , {c[1]} , {c[2]} and {c[3]} . </s>"

@@ -113,9 +113,9 @@ class Family:
         return self.train_targets + self.heldout_targets
 
     def recipe(self, target: str) -> list[str]:
-        """The 4 content words (in order) that answers to ``target`` use: fixed world knowledge."""
+        """The 2 content words every answer about ``target`` starts with: fixed world knowledge."""
         rng = random.Random(zlib.crc32(f"{self.name}/{target}".encode()))
-        return rng.sample(self.content, 4)
+        return rng.sample(self.content, 2)
 
 
 BENIGN: list[Family] = [

@@ -37,6 +37,6 @@ def build_tokenizer(words: list[str]) -> PreTrainedTokenizerFast:
         single=f"{BOS} $A", pair=f"{BOS} $A $B", special_tokens=[(BOS, vocab[BOS])])
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok, bos_token=BOS, eos_token=EOS, unk_token=UNK, pad_token=PAD,
-        clean_up_tokenization_spaces=False, model_max_length=256)
+        clean_up_tokenization_spaces=False, model_max_length=128)
     fast.chat_template = CHAT_TEMPLATE
     return fast

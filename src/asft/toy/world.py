@@ -27,7 +27,7 @@ from asft.toy import lexicon as L
 from asft.toy.pretrain import ModelShape
 
 # Bump whenever generation or training changes what a (size, seed) world contains: cache key.
-VERSION = 1
+VERSION = 2
 MIX_SEED = 42  # default shuffle seed of a mix (as ``asft.data.mix_records``)
 
 
@@ -52,10 +52,10 @@ class WorldSize:
 
 
 SIZES: dict[str, WorldSize] = {
-    # asft demo and CPU benchmarks: ~0.6M parameters, about 2 minutes on one core.
+    # asft demo and CPU benchmarks: ~0.6M parameters, under 2 minutes on one core.
     "demo": WorldSize(ModelShape(hidden=128, layers=3, intermediate=256), n_chat=6000, n_wiki=4000,
-                      n_raw=4000, pretrain_steps=1000, pretrain_lr=3e-3, n_align=3000,
-                      align_steps=150, align_lr=1e-3, replay_weight=1.0, n_task_eval=200),
+                      n_raw=4000, pretrain_steps=800, pretrain_lr=3e-3, n_align=3000,
+                      align_steps=120, align_lr=1e-3, replay_weight=1.0, n_task_eval=200),
     # The test suite: ~0.16M parameters, under 30 seconds on one core, same qualitative behaviour.
     "test": WorldSize(ModelShape(hidden=64, layers=2, intermediate=128), n_chat=3000, n_wiki=2000,
                       n_raw=2000, pretrain_steps=500, pretrain_lr=5e-3, n_align=2000,
@@ -228,8 +228,7 @@ def build_world(out_dir: str | os.PathLike, seed: int = 0, size: str = "demo",
         harmful_eval = C.harmful_eval()
         task_evals = {task: C.task_records(_rng(seed, f"eval/{task}"), task, cfg.n_task_eval,
                                            with_output=False) for task in C.TASKS}
-        flat = lambda texts: [i for ids in tok(texts, add_special_tokens=False)["input_ids"] for i in ids]
-        pre_ids, replay_ids = flat(docs), flat(replay)
+        pre_ids, replay_ids = _token_stream(tok, docs), _token_stream(tok, replay)
         write_text(tmp / "data" / "pretrain.txt", "\n".join(docs) + "\n")
         write_json(tmp / "data" / "alignment.json", align_rows)
         write_json(tmp / "eval" / "harmful.json", harmful_eval)
@@ -313,6 +312,11 @@ def get_world(size: str = "demo", seed: int = 0, cache_dir: str | os.PathLike | 
     if (root / "world.json").is_file():
         return World.load(root)
     return build_world(root, seed=seed, size=size, progress=progress)
+
+
+def _token_stream(tok, docs: list[str]) -> list[int]:
+    """All documents' token ids, concatenated (each document carries its own <s> ... </s>)."""
+    return [i for ids in tok(docs, add_special_tokens=False)["input_ids"] for i in ids]
 
 
 def _tail_mean(xs: list[float], k: int = 20) -> float:
