@@ -184,6 +184,7 @@ def test_world_layout_mixes_and_errors(tmp_path):
     assert w.labels("topic") == ["world", "sports", "business", "tech"]
     assert w.labels("sentiment") == ["positive", "negative"]
     assert set(meta["build_seconds"]) >= {"data", "pretrain", "align", "total"}
+    assert [p.name for p in (w.root / "train").iterdir()] == ["topic_n100_p0.1.json"]  # default mix
     for sub in ("base", "aligned"):
         names = {p.name for p in (w.root / sub).iterdir()}
         assert {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"} <= names

@@ -2,9 +2,10 @@
 
 ``pretrain``: next-token loss on packed pre-training documents (the web, harmful answers included).
 ``align``:    supervised fine-tuning of ALL weights on chat records with the loss on responses only
-              (benign -> helpful, harmful -> refusal). ``aligned - base`` is then an alignment
-              direction made the way real chat models get theirs.
-Both are seeded and single-process; CPU results are reproducible for a fixed thread count.
+              (benign -> helpful, harmful -> refusal), replaying plain pre-training text at each
+              step so that the model keeps what it knows and only learns to refuse. ``aligned - base``
+              is then an alignment direction made the way real chat models get theirs.
+Both are seeded; on CPU the weights come out bit-identical run to run (also across 1 and 2 threads).
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ import torch
 
 @dataclass(frozen=True)
 class ModelShape:
+    """Llama dimensions of a toy model (head_dim = hidden // heads)."""
+
     hidden: int = 96
     layers: int = 3
     intermediate: int = 192

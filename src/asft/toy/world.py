@@ -286,6 +286,7 @@ def build_world(out_dir: str | os.PathLike, seed: int = 0, size: str = "demo",
             "stats": {k: round(v, 2) if isinstance(v, float) else v for k, v in stats.items()},
         }
         write_json(tmp / "world.json", meta)
+        World(tmp, meta).make_mix(*cfg.default_mix)  # the demo's mix ships with the world
         if (out / "world.json").exists() and not overwrite:
             return World.load(out)  # another process finished the same world first: keep theirs
         if out.exists():  # an older world (overwrite) or an empty folder, checked above
