@@ -170,3 +170,30 @@ def test_cli_train(world, tmp_path):
     assert saved["targets"] == ["q_proj", "k_proj"] and saved["lam"] == 2.0
     assert main(["train", "--model", str(world["aligned"]), "--data", str(world["data"]), "--out",
                  str(tmp_path / "cli"), "--method", "l2", "--quiet", "--template", "chat"]) == 2
+
+
+def test_resume_after_interruption_matches_uninterrupted_run(world, tmp_path):
+    full = tmp_path / "full"
+    train(_cfg(world, full, method="asft", lam=5.0, epochs=2, lora_dropout=0.0, save_steps=2))
+    ckpts = sorted(p.name for p in (full / "checkpoints").iterdir())
+    assert ckpts == ["checkpoint-2", "checkpoint-4", "checkpoint-6", "checkpoint-8"]
+    # Simulate a crash after step 5: later checkpoints and the final adapter never got written.
+    import shutil
+
+    crashed = tmp_path / "crashed"
+    shutil.copytree(full, crashed)
+    for name in ("checkpoint-6", "checkpoint-8"):
+        shutil.rmtree(crashed / "checkpoints" / name)
+    for name in ("adapter_model.safetensors", "adapter_config.json"):
+        (crashed / name).unlink()
+    res = train(_cfg(world, crashed, method="asft", lam=5.0, epochs=2, lora_dropout=0.0, save_steps=2,
+                     resume=True))
+    assert res.steps == 8
+    a, b = _lora_state(full), _lora_state(crashed)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-7)
+
+
+def test_bf16_and_gradient_checkpointing_run(world, tmp_path):
+    res = train(_cfg(world, tmp_path / "bf16", method="asft", dtype="bfloat16", gradient_checkpointing=True))
+    assert res.steps == 4 and math.isfinite(res.task_loss) and res.penalty > 0

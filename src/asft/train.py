@@ -248,8 +248,8 @@ def train(cfg: TrainConfig, records: list[dict] | None = None) -> TrainResult:
     dtype = resolve_dtype(cfg.dtype)
     model = load_model(cfg.model, dtype=dtype)
     tokenizer = load_tokenizer(cfg.model)
-    if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
+    if cfg.gradient_checkpointing:  # renamed in transformers 5; the old name still works in 4.x
+        getattr(model, "activation_checkpointing_enable", model.gradient_checkpointing_enable)()
         model.enable_input_require_grads()
     model = prepare_model(model, cfg)
     penalty = build_penalty(model, cfg, anchor)
