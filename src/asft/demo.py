@@ -77,10 +77,10 @@ def run_demo(out: str | Path, size: str = "demo", seed: int = 0, cache_dir: str 
 
     from transformers.utils import logging as hf_logging
 
-    from asft.toy.world import _set_threads
+    from asft.modeling import set_cpu_threads
 
     hf_logging.disable_progress_bar()  # one bar per phase, not one per model load
-    _set_threads()  # tiny models: extra threads on a busy machine only add contention
+    set_cpu_threads()  # tiny models: extra threads on a busy machine only add contention
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()

@@ -5,6 +5,7 @@ Never downloads (``local_files_only``), never runs remote code, never unpickles.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,23 @@ def resolve_dtype(dtype: str | torch.dtype = "auto", device: str | torch.device 
 
 def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def set_cpu_threads() -> tuple[int, int]:
+    """Set torch's CPU threads to the cores that are idle now (``ASFT_THREADS`` overrides).
+
+    Returns ``(new, previous)`` so a caller can restore the previous count. Results do not depend
+    on the thread count; oversubscribing a busy machine with small models only slows it down.
+    """
+    prev = torch.get_num_threads()
+    env = os.environ.get("ASFT_THREADS")
+    if env:
+        n = int(env)
+    else:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        n = int(max(1, min(4, (cores or 1) - os.getloadavg()[0] + 0.5)))
+    torch.set_num_threads(n)
+    return n, prev
 
 
 def _check_folder(path: Path, what: str) -> None:
