@@ -170,24 +170,6 @@ class World:
         return cls(root, meta)
 
 
-def _set_threads() -> tuple[int, int]:
-    """Use the cores that are idle now (``ASFT_THREADS`` overrides). Returns (new, previous).
-
-    Results do not depend on the thread count; oversubscribing a busy machine only slows it down.
-    """
-    import torch
-
-    prev = torch.get_num_threads()
-    env = os.environ.get("ASFT_THREADS")
-    if env:
-        n = int(env)
-    else:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-        n = int(max(1, min(4, (cores or 1) - os.getloadavg()[0] + 0.5)))
-    torch.set_num_threads(n)
-    return n, prev
-
-
 def build_world(out_dir: str | os.PathLike, seed: int = 0, size: str = "demo",
                 overwrite: bool = False, progress: bool = False) -> World:
     """Generate the data, pre-train the base model, align it, write everything to ``out_dir``.
@@ -198,7 +180,7 @@ def build_world(out_dir: str | os.PathLike, seed: int = 0, size: str = "demo",
     import torch
 
     from asft.data import SupervisedDataset
-    from asft.toy import _quick
+    from asft.modeling import set_cpu_threads
     from asft.toy.pretrain import align, make_model, pretrain
     from asft.toy.tokenizer import build_tokenizer
 
@@ -212,7 +194,7 @@ def build_world(out_dir: str | os.PathLike, seed: int = 0, size: str = "demo",
         raise AsftError(f"{out}: exists and is not a toy world; choose an empty or new folder")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.building-{os.getpid()}-{time.time_ns()}"
-    threads, prev_threads = _set_threads()
+    threads, prev_threads = set_cpu_threads()
     from transformers.utils import logging as hf_logging
 
     bars = hf_logging.is_progress_bar_enabled()
@@ -248,7 +230,7 @@ def build_world(out_dir: str | os.PathLike, seed: int = 0, size: str = "demo",
                  "pretrain_tokens": len(pre_ids), "pretrain_loss": _tail_mean(losses)}
 
         t = time.perf_counter()
-        base_eval = _quick.evaluate(model, tok, harmful_eval, task_evals["topic"])
+        base_eval = _evaluate(model, tok, tmp / "eval")
         seconds["eval_base"] = time.perf_counter() - t
 
         t = time.perf_counter()
@@ -263,10 +245,10 @@ def build_world(out_dir: str | os.PathLike, seed: int = 0, size: str = "demo",
         stats["align_loss"] = _tail_mean(losses)
 
         t = time.perf_counter()
-        aligned_eval = _quick.evaluate(model, tok, harmful_eval, task_evals["topic"])
+        aligned_eval = _evaluate(model, tok, tmp / "eval")
         benign = [{"instruction": C.request(tp, a)} for tp in C.HELDOUT_TEMPLATES
                   for f in L.BENIGN for a in f.targets[::4]]
-        answers = _quick.greedy_generate(model, tok, [_chat_prompt(r, tok) for r in benign])
+        answers = _generate(model, tok, benign)
         seconds["eval_aligned"] = time.perf_counter() - t
         stats.update({"base_hs": base_eval["hs"], "base_fa_topic": base_eval["fa"],
                       "aligned_hs": aligned_eval["hs"], "aligned_fa_topic": aligned_eval["fa"],
@@ -325,10 +307,25 @@ def _tail_mean(xs: list[float], k: int = 20) -> float:
     return sum(tail) / max(1, len(tail))
 
 
-def _chat_prompt(record: dict, tok) -> str:
+def _generate(model, tok, records: list[dict]) -> list[str]:
+    """Greedy answers to chat-formatted records, as the ``toy-harmful`` suite generates them."""
     from asft.data import format_prompt
+    from asft.evaluate import TOY_HARMFUL_MAX_NEW
+    from asft.generate import generate
 
-    return format_prompt(record, "chat", tok)
+    prompts = [format_prompt(r, "chat", tok) for r in records]
+    return generate(model, tok, prompts, max_new_tokens=TOY_HARMFUL_MAX_NEW, batch_size=64,
+                    add_special_tokens=False, progress=False)
+
+
+def _evaluate(model, tok, eval_dir: Path) -> dict[str, float]:
+    """HS on the held-out harmful prompts and topic accuracy: the shared evaluation (as ``asft eval``
+    with the toy suites and judge), so world.json reports what an evaluation of the model reports."""
+    from asft.evaluate import evaluate_model
+
+    res = evaluate_model(model, tok, ["toy-harmful", "toy-topic"], eval_dir, judge="toy",
+                         template="chat", batch_size=64, progress=False)
+    return {"hs": res["toy-harmful"].hs, "fa": res["toy-topic"].fa}
 
 
 def _judge_refusal(answer: str) -> bool:
