@@ -6,6 +6,8 @@ from pathlib import Path
 
 import torch
 
+from _models import tiny_llama_config
+
 SPECIALS = ["<unk>", "<s>", "</s>", "<pad>"]  # ids 0..3
 CHAT_TEMPLATE = ("<s>{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
                  "{% if add_generation_prompt %}assistant: {% endif %}")
@@ -31,13 +33,11 @@ def byte_tokenizer(chat: bool = True):
 
 
 def tiny_config(**kw):
-    from transformers import LlamaConfig
-
-    cfg = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-               num_key_value_heads=2, vocab_size=len(SPECIALS) + 256, bos_token_id=1, eos_token_id=2,
-               pad_token_id=3, max_position_embeddings=1024)
+    """``_models.tiny_llama_config`` sized for the byte tokenizer (its special ids, 1024 positions)."""
+    cfg = dict(vocab=len(SPECIALS) + 256, bos_token_id=1, eos_token_id=2, pad_token_id=3,
+               max_position_embeddings=1024)
     cfg.update(kw)
-    return LlamaConfig(**cfg)
+    return tiny_llama_config(**cfg)
 
 
 def tiny_llama(seed: int = 0):

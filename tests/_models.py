@@ -12,10 +12,13 @@ from pathlib import Path
 import torch
 
 
-def tiny_llama_config(hidden: int = 64, layers: int = 2, heads: int = 4, kv_heads: int = 2, vocab: int = 128):
+def tiny_llama_config(hidden: int = 64, layers: int = 2, heads: int = 4, kv_heads: int = 2, vocab: int = 128,
+                      **overrides):
+    """The one tiny ``LlamaConfig`` of the test suite (intermediate = 2 * hidden, untied embeddings);
+    ``overrides`` are further ``LlamaConfig`` fields (special token ids, max positions, labels)."""
     from transformers import LlamaConfig
 
-    return LlamaConfig(
+    cfg = dict(
         hidden_size=hidden,
         intermediate_size=2 * hidden,
         num_hidden_layers=layers,
@@ -25,6 +28,8 @@ def tiny_llama_config(hidden: int = 64, layers: int = 2, heads: int = 4, kv_head
         max_position_embeddings=256,
         tie_word_embeddings=False,
     )
+    cfg.update(overrides)
+    return LlamaConfig(**cfg)
 
 
 def _save(model, path: Path, shards: int) -> None:

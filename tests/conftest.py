@@ -22,3 +22,20 @@ def toy_world():
 
     cache = os.environ.get("ASFT_TEST_CACHE") or REPO / ".cache" / "toy"
     return get_world(size="test", seed=0, cache_dir=cache)
+
+
+@pytest.fixture(scope="session")
+def pair(tmp_path_factory):
+    """``(base_dir, aligned_dir)``: a tiny random Llama (``_models.make_llama_pair``, seed 0) and the
+    same model plus dense N(0, 0.01^2) noise, single-file safetensors. Read-only: copy to modify."""
+    from _models import make_llama_pair
+
+    return make_llama_pair(tmp_path_factory.mktemp("single"), seed=0)
+
+
+@pytest.fixture(scope="session")
+def sharded_pair(tmp_path_factory):
+    """The same weights as ``pair``, each folder split into 3 safetensors shards with an index."""
+    from _models import make_llama_pair
+
+    return make_llama_pair(tmp_path_factory.mktemp("sharded"), seed=0, shards=3)

@@ -26,16 +26,6 @@ QV = [f"model.layers.{i}.self_attn.{p}" for i in range(2) for p in ("q_proj", "v
 
 
 @pytest.fixture(scope="module")
-def pair(tmp_path_factory):
-    return make_llama_pair(tmp_path_factory.mktemp("single"), seed=0)
-
-
-@pytest.fixture(scope="module")
-def sharded_pair(tmp_path_factory):
-    return make_llama_pair(tmp_path_factory.mktemp("sharded"), seed=0, shards=3)
-
-
-@pytest.fixture(scope="module")
 def exact_file(pair, tmp_path_factory):
     out = tmp_path_factory.mktemp("anchors") / "exact.safetensors"
     compute_anchor(*pair, out=out)

@@ -12,16 +12,6 @@ from asft.errors import AsftError
 torch.set_num_threads(1)
 
 
-@pytest.fixture(scope="module")
-def pair(tmp_path_factory):
-    return make_llama_pair(tmp_path_factory.mktemp("single"), seed=0)
-
-
-@pytest.fixture(scope="module")
-def sharded_pair(tmp_path_factory):
-    return make_llama_pair(tmp_path_factory.mktemp("sharded"), seed=0, shards=3)
-
-
 def _state(folder):
     out = {}
     for f in sorted(folder.glob("*.safetensors")):
