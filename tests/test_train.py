@@ -2,6 +2,7 @@
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -197,3 +198,29 @@ def test_resume_after_interruption_matches_uninterrupted_run(world, tmp_path):
 def test_bf16_and_gradient_checkpointing_run(world, tmp_path):
     res = train(_cfg(world, tmp_path / "bf16", method="asft", dtype="bfloat16", gradient_checkpointing=True))
     assert res.steps == 4 and math.isfinite(res.task_loss) and res.penalty > 0
+
+
+REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "asft-reference"
+
+
+@pytest.mark.skipif(not REFERENCE.is_dir(), reason="reference data not present beside the project")
+def test_reference_training_files_load_and_train(world, tmp_path):
+    from asft.data import load_records
+
+    files = sorted((REFERENCE / "train").rglob("*.json"))
+    assert len(files) >= 25
+    counts = {f.name: len(load_records(f)) for f in files}
+    assert counts["agnews_1k_p_0.1.json"] == 1100 and counts["gsm8k_1k_p_0.1.json"] == 1000
+    harmful = [r for r in load_records(REFERENCE / "train" / "gsm8k" / "gsm8k_1k_p_0.1.json")
+               if r["instruction"].endswith("\n\nAssistant:")]
+    assert len(harmful) == 100
+    # the reference format trains with the reference template; long examples are truncated and counted
+    res = train(_cfg(world, tmp_path / "ref", method="l2", data=str(REFERENCE / "train" / "agnews" /
+                     "agnews_1k_p_0.1.json"), template="alpaca", limit=16, max_length=330))
+    assert res.n_examples + res.n_dropped == 16 and res.n_examples > 0
+    assert 0 < res.n_truncated and res.n_dropped < res.n_truncated
+    start = json.loads((tmp_path / "ref" / "train_log.jsonl").read_text().splitlines()[0])
+    assert (start["examples"], start["dropped"]) == (res.n_examples, res.n_dropped)
+    with pytest.raises(AsftError, match="raise --max-length"):  # no prompt fits in 64 byte tokens
+        train(_cfg(world, tmp_path / "short", method="sft", data=str(REFERENCE / "train" / "agnews" /
+                   "agnews_1k_p_0.1.json"), template="alpaca", limit=8, max_length=64))

@@ -110,13 +110,19 @@ def encode_example(record: dict, tokenizer: Any, template: str = "alpaca",
 
 
 class SupervisedDataset(torch.utils.data.Dataset):
-    """Records encoded once up front; ``n_truncated`` counts examples cut at ``max_length``."""
+    """Records encoded once up front. ``n_truncated`` counts examples cut at ``max_length``;
+    ``n_dropped`` those whose prompt alone fills ``max_length`` (no response token would be
+    learned, and a batch of only such examples has a 0/0 loss), which are left out."""
 
     def __init__(self, records: Sequence[dict], tokenizer: Any, template: str = "alpaca",
                  max_length: int = 512):
-        self.examples = [encode_example(r, tokenizer, template, max_length) for r in records]
-        self.n_truncated = sum(e.truncated for e in self.examples)
-        self.n_no_target = sum(all(l == IGNORE_INDEX for l in e.labels) for e in self.examples)
+        encoded = [encode_example(r, tokenizer, template, max_length) for r in records]
+        self.examples = [e for e in encoded if any(l != IGNORE_INDEX for l in e.labels)]
+        self.n_dropped = len(encoded) - len(self.examples)
+        self.n_truncated = sum(e.truncated for e in encoded)
+        if not self.examples:
+            raise AsftError(f"every example's prompt is longer than max_length={max_length} tokens: "
+                            "raise --max-length")
 
     def __len__(self) -> int:
         return len(self.examples)

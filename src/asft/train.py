@@ -115,6 +115,7 @@ class TrainResult:
     penalty: float
     n_examples: int
     n_truncated: int
+    n_dropped: int
     c_top_eig: dict[str, float] | None
 
 
@@ -261,7 +262,7 @@ def train(cfg: TrainConfig, records: list[dict] | None = None) -> TrainResult:
     if not cfg.resume and log_path.exists():
         log_path.unlink()
     append_jsonl(log_path, {"event": "start", "examples": len(dataset), "truncated": dataset.n_truncated,
-                            "no_target": dataset.n_no_target, "method": cfg.method, "form": cfg.penalty_form})
+                            "dropped": dataset.n_dropped, "method": cfg.method, "form": cfg.penalty_form})
 
     args = TrainingArguments(
         output_dir=str(out / "checkpoints"),
@@ -308,7 +309,7 @@ def train(cfg: TrainConfig, records: list[dict] | None = None) -> TrainResult:
     result = TrainResult(
         out=out, steps=trainer.state.global_step, seconds=seconds,
         task_loss=trainer.last_task_loss, penalty=trainer.last_penalty,
-        n_examples=len(dataset), n_truncated=dataset.n_truncated,
+        n_examples=len(dataset), n_truncated=dataset.n_truncated, n_dropped=dataset.n_dropped,
         c_top_eig=penalty.spectrum() if penalty is not None and cfg.method == "asft" else None,
     )
     write_json(out / "train_summary.json", {**dataclasses.asdict(result), "out": str(out)})

@@ -59,7 +59,11 @@ def run(args: argparse.Namespace) -> int:
     console = Console()
     console.print(f"[bold]{cfg.method}[/] done: {res.steps} steps in {res.seconds:.1f}s, "
                   f"task loss {res.task_loss:.4f}, penalty {res.penalty:.4f}; "
-                  f"{res.n_truncated}/{res.n_examples} examples truncated to {cfg.max_length} tokens")
+                  f"{res.n_truncated} of {res.n_examples + res.n_dropped} examples truncated to "
+                  f"{cfg.max_length} tokens")
+    if res.n_dropped:
+        console.print(f"[yellow]{res.n_dropped} examples left out: their prompt alone is longer than "
+                      f"--max-length {cfg.max_length}[/]")
     if res.c_top_eig:
         top = max(res.c_top_eig.values())
         console.print(f"largest eigenvalue of C over modules: {top:.3g}"
