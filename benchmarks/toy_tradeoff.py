@@ -21,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from asft.demo import PROJ_RANK, TOY_MIX, TOY_RECIPE, prepare, toy_setting  # noqa: E402
 from asft.experiment import RunSpec, aggregate, results_document, run_grid  # noqa: E402
 from asft.fileio import write_json, write_text  # noqa: E402
+from asft.modeling import set_cpu_threads  # noqa: E402
 from asft.report import markdown_table, tradeoff_chart  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -37,6 +38,7 @@ def main() -> None:
     ap.add_argument("--plot", default=str(HERE / "results" / "toy_tradeoff.png"))
     args = ap.parse_args()
 
+    set_cpu_threads()  # tiny models: extra threads on a busy machine only add contention
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
