@@ -7,9 +7,9 @@ from asft.experiment import RunSpec
 
 
 def test_demo_specs_cover_every_method_at_both_lambdas():
-    names = [s.name for s in demo_specs(lam_bite=100.0)]
+    names = [s.name for s in demo_specs()]
     assert names == ["aligned", "sft-s0", "asft-safelora-lam1-s0", "asft-projector-lam1-s0", "l2-lam1-s0",
-                     "asft-safelora-lam100-s0", "asft-projector-lam100-s0", "l2-lam100-s0", "safelora-s0"]
+                     "asft-safelora-lam30-s0", "asft-projector-lam30-s0", "l2-lam30-s0", "safelora-s0"]
 
 
 def test_reduced_demo_writes_results(toy_world, tmp_path):

@@ -49,9 +49,14 @@ def bar_chart(rows: Sequence[dict], path: str | Path, title: str = "") -> Path:
     x = range(len(rows))
     fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(rows) + 2), 4.2))
     w = 0.38
-    ax.bar([i - w / 2 for i in x], [r["hs"] for r in rows], w, yerr=[r.get("hs_std") or 0 for r in rows],
+
+    def err(key):  # no error bars for single-seed results
+        values = [r.get(f"{key}_std") or 0 for r in rows]
+        return values if any(values) else None
+
+    ax.bar([i - w / 2 for i in x], [r["hs"] for r in rows], w, yerr=err("hs"),
            label="harmful score HS % (lower is better)", color="#c0392b", capsize=3)
-    ax.bar([i + w / 2 for i in x], [r["fa"] or 0 for r in rows], w, yerr=[r.get("fa_std") or 0 for r in rows],
+    ax.bar([i + w / 2 for i in x], [r["fa"] or 0 for r in rows], w, yerr=err("fa"),
            label="fine-tuning accuracy FA % (higher is better)", color="#2e86c1", capsize=3)
     ax.set_xticks(list(x))
     ax.set_xticklabels(names, rotation=25, ha="right", fontsize=8)
