@@ -49,13 +49,13 @@ def toy_setting(world, anchor: Path, data: Path, task: str = TOY_MIX["task"]) ->
 
 
 def prepare(out: Path, size: str = "demo", seed: int = 0, cache_dir: str | None = None, log=print,
-            mix: dict | None = None):
+            mix: dict | None = None, progress: bool = False):
     """World, anchor file and training mix for a toy experiment in ``out``."""
     from asft.anchor import check_anchor_matches, compute_anchor, load_anchor
     from asft.toy import get_world
 
     t0 = time.perf_counter()
-    world = get_world(size=size, seed=seed, cache_dir=cache_dir)
+    world = get_world(size=size, seed=seed, cache_dir=cache_dir, progress=progress)
     log(f"toy world ready in {time.perf_counter() - t0:.1f}s: {world.root}")
     anchor = out / "anchor.safetensors"
     try:  # reuse the anchor of an earlier run only if it belongs to this world's models
@@ -86,7 +86,7 @@ def run_demo(out: str | Path, size: str = "demo", seed: int = 0, cache_dir: str 
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
     mix = mix or TOY_MIX
-    world, anchor, data = prepare(out, size, seed, cache_dir, log, mix)
+    world, anchor, data = prepare(out, size, seed, cache_dir, log, mix, progress=True)
     setting = toy_setting(world, anchor, data, mix["task"])
     specs = specs or demo_specs(lam_bite, seed)
     with Progress(transient=True) as bar:
