@@ -284,3 +284,19 @@ def test_summary_table_formats_missing_values():
 
     table = summary_table({"harmful": SuiteResult("harmful", 250, hs=4.0, hs_plus=5.2)})
     assert "| harmful | 250 | 4.00 | 5.20 | - | - | - |" in table
+
+
+def test_adapter_identity_ignores_eval_outputs_inside_it(tmp_path):
+    from asft.evaluate import fingerprint_dir
+
+    ad = tmp_path / "adapter"
+    ad.mkdir()
+    (ad / "adapter_config.json").write_text("{}")
+    (ad / "adapter_model.safetensors").write_bytes(b"x" * 10)
+    before = fingerprint_dir(ad)
+    (ad / "eval").mkdir()
+    (ad / "eval" / "summary.json").write_text("{}")
+    (ad / "train_log.jsonl").write_text("{}\n")
+    assert fingerprint_dir(ad) == before
+    (ad / "adapter_model.safetensors").write_bytes(b"y" * 11)
+    assert fingerprint_dir(ad) != before

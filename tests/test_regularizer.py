@@ -226,3 +226,15 @@ def test_bf16_model_penalty_computed_in_float32():
     model = _peft_model().to(torch.bfloat16)
     pen = AsftPenalty.from_model(model, _anchor_for(model), form="safelora")
     assert pen().dtype == torch.float32
+
+
+@pytest.mark.parametrize("strategy", ["gram", "full"])
+def test_penalty_under_autocast_stays_float32_and_backprops(strategy):
+    model = _peft_model()
+    pen = AsftPenalty.from_model(model, _anchor_for(model), form="safelora", strategy=strategy)
+    ref = pen().item()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        value = pen()
+    assert value.dtype == torch.float32 and value.item() == pytest.approx(ref, rel=1e-6)
+    value.backward()
+    assert all(B.grad is not None for _, B, _ in lora_pairs(model).values())

@@ -117,6 +117,13 @@ def test_yaml_config_with_overrides(tmp_path):
     path.write_text("lamda: 3\n")
     with pytest.raises(AsftError, match="c.yaml: unknown option 'lamda'"):
         TrainConfig.from_yaml(path)
+    # YAML reads 5e-5 as a string; a comma list of targets is a list
+    path.write_text("lr: 5e-5\nlam: 1e-3\ntargets: q_proj,v_proj\nepochs: 2\nlimit: 10\n")
+    cfg = TrainConfig.from_yaml(path)
+    assert (cfg.lr, cfg.lam, cfg.targets, cfg.epochs, cfg.limit) == (5e-5, 1e-3, ["q_proj", "v_proj"], 2.0, 10)
+    path.write_text("lora_r: eight\n")
+    with pytest.raises(AsftError, match="c.yaml: option 'lora_r' should be int"):
+        TrainConfig.from_yaml(path)
 
 
 def test_bad_inputs_give_clear_errors(world, tmp_path):
@@ -139,6 +146,11 @@ def test_bad_inputs_give_clear_errors(world, tmp_path):
         train(_cfg(world, tmp_path / "done", method="sft"))
 
 
+def test_resume_without_checkpoints_is_refused(world, tmp_path):
+    with pytest.raises(AsftError, match="no checkpoint to resume from"):
+        train(_cfg(world, tmp_path / "nothing", method="sft", resume=True))
+
+
 def test_non_finite_loss_stops_with_a_clear_error(world, tmp_path):
     with pytest.raises(AsftError, match="not finite"):
         train(_cfg(world, tmp_path / "nan", method="l2", lam=1e38, epochs=2))  # lam * ||BA||^2 overflows
@@ -158,6 +170,21 @@ def test_merge_equals_adapter_model(world, tmp_path):
     torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
     assert (a - c).abs().max() > 1e-3  # the adapter really changed the model
     assert (merged_dir / "tokenizer_config.json").is_file()
+    with pytest.raises(AsftError, match="exists and is not empty"):
+        merge(world["aligned"], tmp_path / "ad", merged_dir)
+    with pytest.raises(AsftError, match="refusing to write the merged model over"):
+        merge(world["aligned"], tmp_path / "ad", world["aligned"], overwrite=True)
+    with pytest.raises(AsftError, match="refusing to write the merged model over"):
+        merge(world["aligned"], tmp_path / "ad", world["aligned"].parent, overwrite=True)
+    # a bf16 checkpoint stays bf16 with dtype "auto"
+    bf16_dir = tmp_path / "bf16"
+    load_model(world["aligned"], dtype="bfloat16", device="cpu").save_pretrained(bf16_dir)
+    byte_tokenizer().save_pretrained(bf16_dir)
+    merged = merge(bf16_dir, tmp_path / "ad", tmp_path / "merged16")
+    from safetensors import safe_open
+
+    with safe_open(str(merged / "model.safetensors"), "pt") as f:
+        assert f.get_tensor("model.layers.0.self_attn.q_proj.weight").dtype == torch.bfloat16
 
 
 def test_cli_train(world, tmp_path):

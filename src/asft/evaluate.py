@@ -242,10 +242,17 @@ def _hash(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+# The files that make a model or adapter folder what it is. Anything else in the folder (an eval
+# output folder placed inside an adapter folder, logs, a README) must not change its identity.
+_MODEL_FILES = ("*.safetensors", "*.safetensors.index.json", "config.json", "generation_config.json",
+                "adapter_config.json", "tokenizer*", "special_tokens_map.json", "chat_template*")
+
+
 def fingerprint_dir(path: str | Path) -> dict:
-    """A cheap identity for a model folder: resolved path plus name, size and mtime of its files."""
+    """A cheap identity for a model folder: resolved path plus name, size and mtime of its weight,
+    config and tokenizer files (top level only)."""
     path = Path(path).resolve()
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else []
+    files = sorted({p for pat in _MODEL_FILES for p in path.glob(pat) if p.is_file()}) if path.is_dir() else []
     return {"path": str(path),
             "files": [[str(p.relative_to(path)), p.stat().st_size, int(p.stat().st_mtime)] for p in files]}
 

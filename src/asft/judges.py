@@ -150,9 +150,14 @@ class BeaverDamJudge:
 
         self.device = torch.device(self.device_name or ("cuda" if torch.cuda.is_available() else "cpu"))
         dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
-        self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir)
+        from asft.modeling import check_folder, dtype_kwarg
+
+        check_folder(Path(self.model_dir), "model")  # safetensors only: never unpickle a judge's weights
+        self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir, local_files_only=True,
+                                                       trust_remote_code=False)
         self.model = AutoModelForSequenceClassification.from_pretrained(
-            self.model_dir, dtype=dtype, problem_type="multi_label_classification").to(self.device).eval()
+            self.model_dir, local_files_only=True, trust_remote_code=False, use_safetensors=True,
+            problem_type="multi_label_classification", **{dtype_kwarg(): dtype}).to(self.device).eval()
         id2label = self.model.config.id2label or {}
         self.labels = [str(id2label.get(i, f"LABEL_{i}")) for i in range(self.model.config.num_labels)]
 

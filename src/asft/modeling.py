@@ -51,7 +51,7 @@ def set_cpu_threads() -> tuple[int, int]:
     return n, prev
 
 
-def _check_folder(path: Path, what: str) -> None:
+def check_folder(path: Path, what: str) -> None:
     if not path.is_dir():
         raise AsftError(f"{path}: {what} folder not found")
     if not (path / "config.json").is_file() and what == "model":
@@ -62,7 +62,7 @@ def _check_folder(path: Path, what: str) -> None:
         raise AsftError(f"{path}: no *.safetensors weights in the model folder")
 
 
-def _dtype_kwarg() -> str:
+def dtype_kwarg() -> str:
     import transformers
     major, minor = (int(x) for x in transformers.__version__.split(".")[:2])
     return "dtype" if (major, minor) >= (4, 56) else "torch_dtype"
@@ -72,7 +72,7 @@ def load_tokenizer(path: str | Path) -> Any:
     from transformers import AutoTokenizer
 
     path = Path(path)
-    _check_folder(path, "tokenizer")
+    check_folder(path, "tokenizer")
     try:
         tok = AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=False)
     except (OSError, ValueError) as e:
@@ -88,9 +88,9 @@ def load_model(path: str | Path, dtype: str | torch.dtype = "auto",
     from transformers import AutoModelForCausalLM
 
     path = Path(path)
-    _check_folder(path, "model")
+    check_folder(path, "model")
     device = torch.device(device) if device is not None else default_device()
-    kwargs = {_dtype_kwarg(): resolve_dtype(dtype, device)}
+    kwargs = {dtype_kwarg(): resolve_dtype(dtype, device)}
     try:
         model = AutoModelForCausalLM.from_pretrained(
             path, local_files_only=True, trust_remote_code=False, use_safetensors=True, **kwargs)

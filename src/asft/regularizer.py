@@ -249,11 +249,14 @@ class AsftPenalty(nn.Module):
             for op in self.operators.values():
                 op.to(A0.device)
             self._device = A0.device
-        total = A0.new_zeros((), dtype=torch.float32)
-        for n in self.names:
-            A, B, scaling = self.pairs[n]
-            p = self.operators[n].penalty(A.float(), B.float())
-            total = total + (p * scaling**2 if self.scale_by_lora else p)
+        # float32 whatever autocast a training loop runs under (bf16 would both lose the small
+        # differences I - C is made of and mix dtypes in the Gram form's backward).
+        with torch.autocast(A0.device.type, enabled=False):
+            total = A0.new_zeros((), dtype=torch.float32)
+            for n in self.names:
+                A, B, scaling = self.pairs[n]
+                p = self.operators[n].penalty(A.float(), B.float())
+                total = total + (p * scaling**2 if self.scale_by_lora else p)
         return self.lam * total
 
     def spectrum(self) -> dict[str, float]:

@@ -99,11 +99,38 @@ class TrainConfig:
         unknown = sorted(set(raw) - names)
         if unknown:
             raise AsftError(f"{path}: unknown option {unknown[0]!r}")
+        for f in dataclasses.fields(cls):
+            if f.name in raw and raw[f.name] is not None:
+                raw[f.name] = _coerce(raw[f.name], f, path)
         raw.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**raw)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+def _coerce(value: Any, f: dataclasses.Field, path: str | Path) -> Any:
+    """A YAML value as the field's type. YAML reads ``5e-5`` (no dot) as a string, and a user may
+    write ``targets: q_proj,v_proj``: both are taken; anything else wrong is refused by name."""
+    kind = str(f.type).split(" ")[0]
+    try:
+        if kind == "list[str]":
+            return [t for t in value.split(",") if t] if isinstance(value, str) else [str(t) for t in value]
+        if kind == "bool":
+            if not isinstance(value, bool):
+                raise ValueError
+            return value
+        if kind == "int":
+            if isinstance(value, bool) or float(value) != int(float(value)):
+                raise ValueError
+            return int(float(value))
+        if kind == "float":
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        return str(value)
+    except (TypeError, ValueError):
+        raise AsftError(f"{path}: option {f.name!r} should be {kind}, got {value!r}") from None
 
 
 @dataclass
@@ -238,32 +265,14 @@ def train(cfg: TrainConfig, records: list[dict] | None = None) -> TrainResult:
     if cfg.limit:
         records = records[: cfg.limit]
 
-    anchor = None
-    if cfg.method == "asft":
-        from asft.anchor import check_anchor_matches, load_anchor
-
-        anchor = load_anchor(cfg.anchor)
-        check_anchor_matches(anchor, cfg.model)
+    if cfg.resume and not any((out / "checkpoints").glob("checkpoint-*")):
+        raise AsftError(f"{out / 'checkpoints'}: no checkpoint to resume from (train with --save-steps N "
+                        "to keep checkpoints)")
 
     set_seed(cfg.seed)
     dtype = resolve_dtype(cfg.dtype)
-    model = load_model(cfg.model, dtype=dtype)
-    tokenizer = load_tokenizer(cfg.model)
-    if cfg.gradient_checkpointing:  # renamed in transformers 5; the old name still works in 4.x
-        getattr(model, "activation_checkpointing_enable", model.gradient_checkpointing_enable)()
-        model.enable_input_require_grads()
-    model = prepare_model(model, cfg)
-    penalty = build_penalty(model, cfg, anchor)
-
-    dataset = SupervisedDataset(records, tokenizer, cfg.template, cfg.max_length)
-    out.mkdir(parents=True, exist_ok=True)
-    _save_config(cfg, out)
-    log_path = out / "train_log.jsonl"
-    if not cfg.resume and log_path.exists():
-        log_path.unlink()
-    append_jsonl(log_path, {"event": "start", "examples": len(dataset), "truncated": dataset.n_truncated,
-                            "dropped": dataset.n_dropped, "method": cfg.method, "form": cfg.penalty_form})
-
+    # The arguments come first: they set up the distributed state, so that under accelerate/torchrun
+    # each process loads the model (and builds the penalty's operators) on its own device.
     args = TrainingArguments(
         output_dir=str(out / "checkpoints"),
         per_device_train_batch_size=cfg.batch_size,
@@ -286,6 +295,34 @@ def train(cfg: TrainConfig, records: list[dict] | None = None) -> TrainResult:
         optim="adamw_torch",
         use_cpu=not torch.cuda.is_available(),
     )
+    main_process = args.process_index == 0
+
+    anchor = None
+    if cfg.method == "asft":
+        from asft.anchor import check_anchor_matches, load_anchor
+
+        anchor = load_anchor(cfg.anchor, device=args.device)
+        check_anchor_matches(anchor, cfg.model)
+
+    model = load_model(cfg.model, dtype=dtype, device=args.device)
+    tokenizer = load_tokenizer(cfg.model)
+    if cfg.gradient_checkpointing:  # renamed in transformers 5; the old name still works in 4.x
+        getattr(model, "activation_checkpointing_enable", model.gradient_checkpointing_enable)()
+        model.enable_input_require_grads()
+    model = prepare_model(model, cfg)
+    penalty = build_penalty(model, cfg, anchor)
+    del anchor  # the penalty keeps only what it needs (G, V or factors)
+
+    dataset = SupervisedDataset(records, tokenizer, cfg.template, cfg.max_length)
+    log_path = out / "train_log.jsonl"
+    if main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        _save_config(cfg, out)
+        if not cfg.resume and log_path.exists():
+            log_path.unlink()
+        append_jsonl(log_path, {"event": "start", "examples": len(dataset), "truncated": dataset.n_truncated,
+                                "dropped": dataset.n_dropped, "method": cfg.method, "form": cfg.penalty_form})
+
     trainer = _make_trainer_class()(
         model=model, args=args, train_dataset=dataset,
         data_collator=PadCollator(tokenizer.pad_token_id),
@@ -296,23 +333,24 @@ def train(cfg: TrainConfig, records: list[dict] | None = None) -> TrainResult:
 
         trainer.remove_callback(PrinterCallback)
     t0 = time.perf_counter()
-    resume = cfg.resume and any((out / "checkpoints").glob("checkpoint-*"))
-    trainer.train(resume_from_checkpoint=True if resume else None)
+    trainer.train(resume_from_checkpoint=True if cfg.resume else None)
     seconds = time.perf_counter() - t0
     final = trainer.flush_sums()
     if final and not all(math.isfinite(v) for v in final.values()):
         raise AsftError(f"loss is not finite at the end of training ({final}); lower --lr or --lam")
 
-    _save_adapter(model, out)
-    if not cfg.save_steps:
-        shutil.rmtree(out / "checkpoints", ignore_errors=True)
+    trainer.accelerator.wait_for_everyone()
     result = TrainResult(
         out=out, steps=trainer.state.global_step, seconds=seconds,
         task_loss=trainer.last_task_loss, penalty=trainer.last_penalty,
         n_examples=len(dataset), n_truncated=dataset.n_truncated, n_dropped=dataset.n_dropped,
         c_top_eig=penalty.spectrum() if penalty is not None and cfg.method == "asft" else None,
     )
-    write_json(out / "train_summary.json", {**dataclasses.asdict(result), "out": str(out)})
+    if main_process:  # one writer: every process holds the same adapter
+        _save_adapter(model, out)
+        if not cfg.save_steps:
+            shutil.rmtree(out / "checkpoints", ignore_errors=True)
+        write_json(out / "train_summary.json", {**dataclasses.asdict(result), "out": str(out)})
     return result
 
 
@@ -335,19 +373,31 @@ def _save_adapter(model: torch.nn.Module, out: Path) -> None:
 
 def merge(model_dir: str | Path, adapter_dir: str | Path, out: str | Path, dtype: str = "auto",
           overwrite: bool = False) -> Path:
-    """Fold a LoRA adapter into its model and save a plain model folder (safetensors) + tokenizer."""
-    from asft.modeling import load_adapter, load_model, load_tokenizer
+    """Fold a LoRA adapter into its model and save a plain model folder (safetensors) + tokenizer.
 
-    out = Path(out)
+    ``dtype="auto"`` keeps the checkpoint's own dtype (a bf16 model stays bf16)."""
+    from asft.fileio import read_json
+    from asft.modeling import DTYPES, load_adapter, load_model, load_tokenizer
+
+    out, model_dir, adapter_dir = Path(out).resolve(), Path(model_dir).resolve(), Path(adapter_dir).resolve()
+    for keep in (model_dir, adapter_dir, Path.cwd().resolve()):
+        if out == keep or out in keep.parents:
+            raise AsftError(f"{out}: refusing to write the merged model over {keep}")
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise AsftError(f"{out}: output folder exists and is not empty (pass --overwrite)")
+    if dtype == "auto" and (model_dir / "config.json").is_file():
+        config = read_json(model_dir / "config.json")
+        dtype = str(config.get("torch_dtype") or config.get("dtype") or "float32")
+        dtype = dtype if dtype in DTYPES else "float32"
     tokenizer = load_tokenizer(model_dir)
     model = load_adapter(load_model(model_dir, dtype=dtype, device="cpu"), adapter_dir, merge=True)
-    tmp = out.parent / f".{out.name}.tmp"
+    tmp, old = out.parent / f".{out.name}.tmp", out.parent / f".{out.name}.old"
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
-    if out.exists():
-        shutil.rmtree(out)
+    if out.exists():  # swap, then delete: the old folder is never lost before the new one is in place
+        shutil.rmtree(old, ignore_errors=True)
+        out.rename(old)
     tmp.rename(out)
+    shutil.rmtree(old, ignore_errors=True)
     return out
