@@ -11,6 +11,7 @@ aligned model. Same world, data, recipe and judge as `asft demo`. Prints a table
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -32,6 +33,7 @@ def main() -> None:
     ap.add_argument("--lambdas", type=float, nargs="+", default=[1, 10, 30, 100, 300])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--forms", nargs="+", default=["safelora", "projector"])
+    ap.add_argument("--proj-rank", type=int, default=PROJ_RANK, help="k of the projector form")
     ap.add_argument("--size", default="demo")
     ap.add_argument("--out", default="runs/tradeoff", help="run folders (resumable)")
     ap.add_argument("--json", default=str(HERE / "results" / "toy_tradeoff.json"))
@@ -43,7 +45,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     world, anchor, data = prepare(out, size=args.size)
-    setting = toy_setting(world, anchor, data)
+    setting = dataclasses.replace(toy_setting(world, anchor, data), proj_rank=args.proj_rank)
     specs = [RunSpec("aligned")]
     for seed in args.seeds:
         specs += [RunSpec("sft", seed=seed), RunSpec("safelora", seed=seed)]
@@ -61,7 +63,7 @@ def main() -> None:
     order = {"aligned": 0, "sft": 1, "safelora": 2, "l2": 3, "asft": 4}
     table.sort(key=lambda r: (order[r["method"]], r.get("form") or "", r["lambda"]))
     config = {"size": args.size, "mix": TOY_MIX, "recipe": TOY_RECIPE, "lambdas": args.lambdas,
-              "seeds": args.seeds, "forms": args.forms, "proj_rank": PROJ_RANK,
+              "seeds": args.seeds, "forms": args.forms, "proj_rank": args.proj_rank,
               "seconds": round(time.perf_counter() - t0, 1)}
     write_json(args.json, results_document(config, table, runs=rows))
     tradeoff_chart(table, args.plot, title=f"toy world: HS vs FA over lambda ({len(args.seeds)} seeds, mean ± std)")
