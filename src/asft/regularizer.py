@@ -55,16 +55,24 @@ def penalty_l2(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
     return _quad(B, A)
 
 
+def apply_full(B: torch.Tensor, V: torch.Tensor, norm: float) -> torch.Tensor:
+    """C B for C = V V^T / norm, V (d_out, d_in), B (d_out, r); O(d_out d_in r), C never formed."""
+    return V @ (V.T @ B) / norm
+
+
+def apply_factors(B: torch.Tensor, P: torch.Tensor) -> torch.Tensor:
+    """C B for C = P P^T, P (d_out, k), B (d_out, r); O(d_out k r)."""
+    return P @ (P.T @ B)
+
+
 def penalty_full(A: torch.Tensor, B: torch.Tensor, V: torch.Tensor, norm: float) -> torch.Tensor:
     """||(I - V V^T / norm) B A||_F^2 for V (d_out, d_in); O(d_out d_in r)."""
-    M = B - V @ (V.T @ B) / norm
-    return _quad(M, A)
+    return _quad(B - apply_full(B, V, norm), A)
 
 
 def penalty_factors(A: torch.Tensor, B: torch.Tensor, P: torch.Tensor) -> torch.Tensor:
     """||(I - P P^T) B A||_F^2 for P (d_out, k); O(d_out k r)."""
-    M = B - P @ (P.T @ B)
-    return _quad(M, A)
+    return _quad(B - apply_factors(B, P), A)
 
 
 class _GramPenalty(torch.autograd.Function):
@@ -124,11 +132,22 @@ class ModuleOperator:
             return penalty_gram(A, B, self.G)
         return penalty_factors(A, B, self.P)
 
-    def to(self, device: torch.device) -> "ModuleOperator":
+    def c_times(self, B: torch.Tensor) -> torch.Tensor:
+        """C B (d_out, r), for the forms that hold C's factors (not the Gram form, which holds
+        only (I - C)^2); used by Safe LoRA's projection."""
+        if self.kind == "l2":
+            return torch.zeros_like(B)
+        if self.kind == "full":
+            return apply_full(B, self.V, self.norm)
+        if self.kind == "factors":
+            return apply_factors(B, self.P)
+        raise ValueError("the Gram operator holds (I - C)^2, not C: build it with strategy='full'")
+
+    def to(self, device: torch.device, dtype: torch.dtype = torch.float32) -> "ModuleOperator":
         for key in ("V", "G", "P"):
             t = getattr(self, key)
             if t is not None:
-                setattr(self, key, t.to(device=device, dtype=torch.float32))
+                setattr(self, key, t.to(device=device, dtype=dtype))
         return self
 
     def top_eig(self) -> float:
@@ -143,15 +162,17 @@ class ModuleOperator:
 
 
 def build_operator(entry: "AnchorEntry", form: str, k: int | None = None,
-                   energy: float | None = None, strategy: str = "auto") -> ModuleOperator:
+                   energy: float | None = None, strategy: str = "auto",
+                   dtype: torch.dtype | None = None) -> ModuleOperator:
     """Precompute one module's penalty operator from its anchor entry.
 
     strategy (safelora with a full V): ``auto`` picks the Gram form when d_out <= d_in (every
     attention projection of Llama-style models): one O(d_out^2 r) product per step, for a one-off
     O(d_out^2 d_in + d_out^3) precomputation (about 340 steps' worth of the V form at d = 4096,
     r = 8, paid once per run); else the V form (4 products of O(d_out d_in r) per step, no
-    precomputation, G would be larger than V). ``full`` / ``gram`` force one. Tensors keep the
-    anchor's dtype here; ``ModuleOperator.to`` makes them float32 on the training device.
+    precomputation, G would be larger than V). ``full`` / ``gram`` force one. Tensors are made in ``dtype``
+    (default: the anchor's; derived ones are computed in float64 and rounded once);
+    ``ModuleOperator.to`` makes them float32 on the training device.
     """
     if strategy not in ("auto", "full", "gram"):
         raise AsftError(f"unknown strategy {strategy!r} (auto, full, gram)")
@@ -162,19 +183,21 @@ def build_operator(entry: "AnchorEntry", form: str, k: int | None = None,
             raise AsftError("the projector form needs a rank k (--proj-rank) or an energy fraction "
                             "(--proj-energy): with a full-rank V the untruncated projector is I")
         U, _ = entry.left_factors(k=k, energy=energy)
-        return ModuleOperator(entry.name, "factors", P=U)
+        return ModuleOperator(entry.name, "factors", P=U.to(dtype or U.dtype))
     if form != "safelora":
         raise AsftError(f"unknown penalty form {form!r} (choose from {', '.join(FORMS)})")
     if entry.norm <= 0:  # module untouched by alignment: C = V V^T / ||V||_F -> 0 as V -> 0
         return ModuleOperator(entry.name, "l2")
     if entry.V is None:  # rank-k anchor: C ~ P P^T with P = U_k S_k / sqrt(||V||_F)
         U, S = entry.left_factors(k=k, energy=energy)
-        return ModuleOperator(entry.name, "factors", P=U * S / math.sqrt(entry.norm))
+        P = U.double() * S.double() / math.sqrt(entry.norm)  # rounded once, below
+        return ModuleOperator(entry.name, "factors", P=P.to(dtype or U.dtype))
     d_out, d_in = entry.V.shape
     if strategy == "gram" or (strategy == "auto" and d_out <= d_in):
         c_top = float(torch.linalg.matrix_norm(entry.V.double(), ord=2) ** 2 / entry.norm)
-        return ModuleOperator(entry.name, "gram", G=gram_safelora(entry.V, entry.norm), c_top=c_top)
-    return ModuleOperator(entry.name, "full", V=entry.V, norm=float(entry.norm))
+        G = gram_safelora(entry.V, entry.norm)
+        return ModuleOperator(entry.name, "gram", G=G.to(dtype or G.dtype), c_top=c_top)
+    return ModuleOperator(entry.name, "full", V=entry.V.to(dtype or entry.V.dtype), norm=float(entry.norm))
 
 
 # ----------------------------------------------------------------------------- over a PEFT model

@@ -36,16 +36,13 @@ DEFAULT_THRESHOLD = 0.5  # Safe LoRA paper/code for Llama-2
 
 
 def project_b(entry: "AnchorEntry", B: torch.Tensor) -> torch.Tensor:
-    """C B (d_out, r) in float64 for B (d_out, r), without forming C (d_out, d_out)."""
+    """C B (d_out, r) in float64 for B (d_out, r), without forming C (d_out, d_out): the
+    regulariser's safelora operator (V form, or factors for a rank-k anchor), applied to B."""
+    from asft.regularizer import build_operator
+
     B = B.detach().to(torch.float64)
-    if entry.norm <= 0:
-        return torch.zeros_like(B)
-    if entry.V is not None:
-        V = entry.V.to(device=B.device, dtype=torch.float64)  # (d_out, d_in)
-        return V @ (V.T @ B) / entry.norm
-    U, S = entry.left_factors()
-    P = U.to(B.device, torch.float64) * S.to(B.device, torch.float64) / math.sqrt(entry.norm)  # (d_out, k)
-    return P @ (P.T @ B)
+    op = build_operator(entry, "safelora", strategy="full", dtype=torch.float64)
+    return op.to(B.device, torch.float64).c_times(B)
 
 
 def update_stats(A: torch.Tensor, B: torch.Tensor, CB: torch.Tensor, scaling: float = 1.0) -> dict:
