@@ -150,9 +150,9 @@ class BeaverDamJudge:
 
         self.device = torch.device(self.device_name or ("cuda" if torch.cuda.is_available() else "cpu"))
         dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
-        from asft.modeling import check_folder, dtype_kwarg
+        from asft.modeling import check_model_folder, dtype_kwarg
 
-        check_folder(Path(self.model_dir), "model")  # safetensors only: never unpickle a judge's weights
+        check_model_folder(self.model_dir)  # safetensors only: never unpickle a judge's weights
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir, local_files_only=True,
                                                        trust_remote_code=False)
         self.model = AutoModelForSequenceClassification.from_pretrained(

@@ -51,15 +51,12 @@ def set_cpu_threads() -> tuple[int, int]:
     return n, prev
 
 
-def check_folder(path: Path, what: str) -> None:
-    if not path.is_dir():
-        raise AsftError(f"{path}: {what} folder not found")
-    if not (path / "config.json").is_file() and what == "model":
-        raise AsftError(f"{path}: not a model folder (no config.json)")
-    if what == "model" and not any(path.glob("*.safetensors")):
-        if any(path.glob("*.bin")) or any(path.glob("*.pt")):
-            raise AsftError(f"{path}: only safetensors weights are supported (found pickle .bin/.pt files)")
-        raise AsftError(f"{path}: no *.safetensors weights in the model folder")
+def check_model_folder(path: str | Path) -> None:
+    """Refuse (one line, naming the folder) anything but a model folder with config.json and
+    safetensors weights, single or sharded; reads only the file headers (``asft.checkpoints``)."""
+    from asft.checkpoints import ModelFolder
+
+    ModelFolder(path)
 
 
 def dtype_kwarg() -> str:
@@ -72,7 +69,8 @@ def load_tokenizer(path: str | Path) -> Any:
     from transformers import AutoTokenizer
 
     path = Path(path)
-    check_folder(path, "tokenizer")
+    if not path.is_dir():
+        raise AsftError(f"{path}: tokenizer folder not found")
     try:
         tok = AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=False)
     except (OSError, ValueError) as e:
@@ -88,7 +86,7 @@ def load_model(path: str | Path, dtype: str | torch.dtype = "auto",
     from transformers import AutoModelForCausalLM
 
     path = Path(path)
-    check_folder(path, "model")
+    check_model_folder(path)
     device = torch.device(device) if device is not None else default_device()
     kwargs = {dtype_kwarg(): resolve_dtype(dtype, device)}
     try:
