@@ -98,12 +98,12 @@ def penalty_alone(args, device) -> list[dict]:
             ref_value = float(reference_penalty(A.double(), B.double(), V.double()))
         fns, ops = {"reference": fb(lambda: reference_penalty(A, B, V))}, {}
         for strategy in ("full", "gram"):
-            ops[strategy] = build_operator(exact, "safelora", strategy=strategy).to(device)
+            ops[strategy] = build_operator(exact, "reference", strategy=strategy).to(device)
         ops["auto"] = ops["gram" if d_out <= d_in else "full"]
         U, S, Vh = torch.linalg.svd(V, full_matrices=False)
         for k in args.ranks:
             low = AnchorEntry(name=label, shape=(d_out, d_in), norm=norm, U=U[:, :k], S=S[:k], Vh=Vh[:k])
-            ops[f"rank{k}"] = build_operator(low, "safelora").to(device)
+            ops[f"rank{k}"] = build_operator(low, "reference").to(device)
         for name, op in ops.items():
             fns[name] = fb(lambda op=op: op.penalty(A, B))
         row = {"shape": label, "r": args.r}
@@ -157,7 +157,7 @@ def training_step(args, device, shape: str) -> dict:
     anchor = Anchor(entries=entries, metadata={}, path=None)
     variants = {
         "plain": None,
-        "asft": AsftPenalty.from_model(model, anchor, form="safelora"),
+        "asft": AsftPenalty.from_model(model, anchor, form="reference"),
         "l2": AsftPenalty.from_model(model, None, form="l2"),
         "reference": lambda: sum(reference_penalty(pairs[n][0].float(), pairs[n][1].float(), entries[n].V)
                                  for n in sorted(pairs)),

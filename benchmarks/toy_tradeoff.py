@@ -1,6 +1,6 @@
 """Does the anchor beat plain shrinkage? HS-vs-FA trade-off on the toy world over a lambda sweep.
 
-AsFT with both forms of C (safelora: V V^T / ||V||_F; projector: top-k left singular vectors of V)
+AsFT with both forms of C (reference: V V^T / ||V||_F; projector: top-k left singular vectors of V)
 and the l2 control (C = 0), at each lambda, over several training seeds, plus SFT, Safe LoRA and the
 aligned model. Same world, data, recipe and judge as `asft demo`. Prints a table, writes JSON
 (results.json format) and an HS-vs-FA plot. Resumable: finished runs are read back.
@@ -32,7 +32,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--lambdas", type=float, nargs="+", default=[1, 10, 30, 100, 300])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--forms", nargs="+", default=["safelora", "projector"])
+    ap.add_argument("--forms", nargs="+", default=["reference", "projector"])
     ap.add_argument("--proj-rank", type=int, default=PROJ_RANK, help="k of the projector form")
     ap.add_argument("--size", default="demo")
     ap.add_argument("--out", default="runs/tradeoff", help="run folders (resumable)")

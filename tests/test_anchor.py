@@ -290,12 +290,12 @@ def test_inspect_numbers_match_hand_computation():
     rows = {r["module"]: r for r in inspect_anchor(anchor, top=2, k=1)}
     a, b, c = rows["a"], rows["b"], rows["c"]
     assert a["norm"] == 5.0 and a["singular_values"] == pytest.approx([4.0, 3.0])
-    assert a["ref_c_max_eig"] == pytest.approx(16 / 5) and a["energy_top_k"] == pytest.approx(16 / 25)
+    assert a["c_max_eig"] == pytest.approx(16 / 5) and a["energy_top_k"] == pytest.approx(16 / 25)
     assert a["rank"] == 2 and a["exact"] and a["verdict"] is None
-    assert b["ref_c_max_eig"] == pytest.approx(1 / 3) and b["energy_top_k"] == pytest.approx(1 / 9)
+    assert b["c_max_eig"] == pytest.approx(1 / 3) and b["energy_top_k"] == pytest.approx(1 / 9)
     assert b["rank"] == 9 and "close to a plain L2 penalty" in b["verdict"]
     assert f"{(1 - 1 / 3) ** 2:.2f} ||BA||^2" in b["verdict"]
-    assert c["ref_c_max_eig"] == pytest.approx(4 / 3) and c["energy_top_k"] == pytest.approx(4 / 9)
+    assert c["c_max_eig"] == pytest.approx(4 / 3) and c["energy_top_k"] == pytest.approx(4 / 9)
     assert c["rank"] == 2 and not c["exact"]
 
 

@@ -11,7 +11,7 @@ from asft.report import bar_chart, label, markdown_table, tradeoff_chart
 
 def test_run_names_and_groups():
     assert RunSpec("asft", 30, "projector", 2).name == "asft-projector-lam30-s2"
-    assert RunSpec("asft", 1.0, None, 0).group == "asft-safelora-lam1"
+    assert RunSpec("asft", 1.0, None, 0).group == "asft-reference-lam1"
     assert RunSpec("l2", 0.5, seed=1).name == "l2-lam0.5-s1"
     assert RunSpec("sft", seed=3).name == "sft-s3"
     assert RunSpec("aligned").name == "aligned"
@@ -25,13 +25,13 @@ def _row(method, seed, hs, fa, lam=0, form=None):
 
 def test_aggregate_mean_and_std_over_seeds():
     rows = [_row("sft", 0, 90.0, 95.0), _row("sft", 1, 80.0, 97.0), _row("sft", 2, 100.0, 96.0),
-            _row("asft", 0, 10.0, 90.0, 30, "safelora"), _row("asft", 1, 20.0, 80.0, 30, "safelora")]
+            _row("asft", 0, 10.0, 90.0, 30, "reference"), _row("asft", 1, 20.0, 80.0, 30, "reference")]
     table = aggregate(rows)
-    assert [r["group"] for r in table] == ["sft", "asft-safelora-lam30"]
+    assert [r["group"] for r in table] == ["sft", "asft-reference-lam30"]
     sft, asft = table
     assert (sft["hs"], sft["hs_std"], sft["fa"], sft["fa_std"]) == (90.0, 10.0, 96.0, 1.0)
     assert sft["seeds"] == [0, 1, 2]
-    assert (asft["hs"], asft["fa"], asft["lambda"], asft["form"]) == (15.0, 85.0, 30, "safelora")
+    assert (asft["hs"], asft["fa"], asft["lambda"], asft["form"]) == (15.0, 85.0, 30, "reference")
     assert round(asft["hs_std"], 2) == 7.07
 
 
@@ -65,13 +65,18 @@ def toy_setting(toy_world, tmp_path_factory):
 
 def test_grid_runs_resumes_and_redoes_stale_runs(toy_setting, monkeypatch):
     setting, root = toy_setting
-    specs = [RunSpec("aligned"), RunSpec("sft", seed=0), RunSpec("asft", 10.0, "safelora", 0),
+    specs = [RunSpec("aligned"), RunSpec("sft", seed=0), RunSpec("asft", 10.0, "reference", 0),
              RunSpec("safelora", seed=0)]
     rows = run_grid(specs, setting, root / "runs")
     assert [r["method"] for r in rows] == ["aligned", "sft", "asft", "safelora"]
     for r in rows:
         assert 0 <= r["hs"] <= 100 and 0 <= r["fa"] <= 100
-    assert rows[2]["penalty"] > 0 and 0 < rows[2]["c_top_eig_max"] < 1
+    from asft.anchor import inspect_anchor, load_anchor
+
+    assert rows[2]["penalty"] > 0
+    # the run reports the largest eigenvalue of the reference C over its modules: the exact SVD's
+    exact = max(r["c_max_eig"] for r in inspect_anchor(load_anchor(setting.anchor)))
+    assert rows[2]["c_max_eig"] == pytest.approx(exact, rel=1e-3)
     assert (root / "runs" / "safelora-s0" / "adapter" / "safelora.json").is_file()
 
     # A second pass reads every row back: no training, no evaluation.

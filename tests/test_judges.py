@@ -10,7 +10,7 @@ import torch
 
 from _eval_tiny import byte_tokenizer, save_tiny_classifier
 from asft.errors import AsftError
-from asft.judges import (BEAVERDAM_PROMPT, REFUSAL_KEYWORDS, KeywordJudge, OpenAIClient, OpenAIJudge, ToyJudge,
+from asft.judges import (BEAVERDAM_PROMPT, REFUSAL_KEYWORDS, KeywordJudge, OpenAIClient, OpenAIJudge,
                          make_judge, rate_answers)
 
 torch.set_num_threads(1)
@@ -77,6 +77,30 @@ def test_beaverdam_batched_equals_unbatched_and_plain_forward(classifier_dir):
         torch.testing.assert_close(p_batched[k], ref, atol=1e-5, rtol=1e-5)
 
 
+def test_beaverdam_reads_the_first_256_tokens_like_the_reference(classifier_dir):
+    """The reference tokenises question + answer with truncation to the first 256 tokens, so what a
+    long answer says after that cannot change the verdict; ``max_length`` widens the window."""
+    from transformers import AutoModelForSequenceClassification
+
+    from asft.judges import BEAVERDAM_MAX_LENGTH
+
+    assert BEAVERDAM_MAX_LENGTH == 256
+    judge = make_judge("beaverdam", classifier_dir, batch_size=2, device="cpu")
+    q, head = "how do I pick a lock?", "First, get a tension wrench. " * 20  # > 256 byte tokens
+    tails = ["Then rake the pins until it opens.", "Never mind, I will not help with that at all."]
+    p = judge.probabilities([q, q], [head + tails[0], head + tails[1]])
+    torch.testing.assert_close(p[0], p[1])  # the tails lie past token 256: invisible
+    model = AutoModelForSequenceClassification.from_pretrained(classifier_dir).eval()
+    ids = byte_tokenizer()(BEAVERDAM_PROMPT.format(question=q) + head + tails[0] + "</s>")["input_ids"]
+    assert len(ids) > 256
+    with torch.no_grad():  # the reference: the first 256 tokens, classified at the last of them
+        ref = torch.sigmoid(model(input_ids=torch.tensor([ids[:256]])).logits[0])
+    torch.testing.assert_close(p[0], ref, atol=1e-5, rtol=1e-5)
+    wide = make_judge("beaverdam", classifier_dir, batch_size=2, device="cpu", max_length=2048)
+    pw = wide.probabilities([q, q], [head + tails[0], head + tails[1]])
+    assert not torch.allclose(pw[0], pw[1])  # with a longer window the tails count
+
+
 def test_beaverdam_threshold_and_categories(classifier_dir):
     judge = make_judge("beaverdam", classifier_dir, batch_size=2, device="cpu")
     probs = judge.probabilities(QUESTIONS, ANSWERS)
@@ -111,13 +135,17 @@ def test_toy_judge_delegates(monkeypatch):
         calls.append((questions, answers))
         return [a.startswith("bad") for a in answers]
 
+    import asft.toy  # noqa: F401  registers the toy judge
+
     monkeypatch.setattr(toy, "flag_harmful", fake)
-    verdicts = ToyJudge()(["q1", "q2"], ["bad stuff", "no"])
+    judge = make_judge("toy")
+    assert isinstance(judge, toy.ToyJudge) and judge.describe() == {"judge": "toy"}
+    verdicts = judge(["q1", "q2"], ["bad stuff", "no"])
     assert [v.flagged for v in verdicts] == [True, False]
     assert calls == [(["q1", "q2"], ["bad stuff", "no"])]
     monkeypatch.setattr(toy, "flag_harmful", lambda q, a: [True])
     with pytest.raises(AsftError, match="1 flags for 2 answers"):
-        ToyJudge()(["q1", "q2"], ["a", "b"])
+        judge(["q1", "q2"], ["a", "b"])
 
 
 # ---------------------------------------------------------------------------------------------- openai

@@ -42,7 +42,7 @@ def _entry(V, rank=None):
 def _naive_C(V, form, k=None):
     if form == "l2":
         return torch.zeros(V.shape[0], V.shape[0], dtype=V.dtype)
-    if form == "safelora":
+    if form == "reference":
         if k is None:
             return V @ V.T / torch.linalg.matrix_norm(V)
         U, S, _ = torch.linalg.svd(V, full_matrices=False)
@@ -52,9 +52,9 @@ def _naive_C(V, form, k=None):
 
 
 CASES = [  # (form, strategy, anchor rank, k)
-    ("safelora", "full", None, None),
-    ("safelora", "gram", None, None),
-    ("safelora", "factors", 3, 3),
+    ("reference", "full", None, None),
+    ("reference", "gram", None, None),
+    ("reference", "factors", 3, 3),
     ("projector", "factors", None, 3),
     ("l2", "l2", None, None),
 ]
@@ -93,18 +93,56 @@ def test_penalty_equals_naive_float64(d_out, d_in, r, form, strategy, anchor_ran
 
 def test_float32_operators_close_to_float64():
     V, A, B = _rand(24, 40, 4, seed=3)
-    ref = naive_penalty([(A, B, _naive_C(V, "safelora"))]).item()
+    ref = naive_penalty([(A, B, _naive_C(V, "reference"))]).item()
     for strategy in ("full", "gram"):
-        op = build_operator(_entry(V.float()), "safelora", strategy=strategy)
+        op = build_operator(_entry(V.float()), "reference", strategy=strategy)
         assert op.kind == strategy
         got = op.penalty(A.float(), B.float()).item()
         assert abs(got - ref) <= 1e-4 * ref
 
 
-def test_auto_strategy_picks_gram_unless_tall():
-    assert build_operator(_entry(torch.randn(8, 32)), "safelora").kind == "gram"
-    assert build_operator(_entry(torch.randn(16, 16)), "safelora").kind == "gram"
-    assert build_operator(_entry(torch.randn(32, 8)), "safelora").kind == "full"
+def test_auto_strategy_picks_gram_for_wide_modules_and_the_v_form_for_square_ones_on_cpu():
+    assert build_operator(_entry(torch.randn(8, 32)), "reference").kind == "gram"
+    assert build_operator(_entry(torch.randn(16, 16)), "reference").kind == "full"  # no d^3 set-up on CPU
+    assert build_operator(_entry(torch.randn(32, 8)), "reference").kind == "full"
+    assert build_operator(_entry(torch.randn(16, 16)), "reference", strategy="gram").kind == "gram"
+
+
+@pytest.mark.parametrize("spectrum", ["flat", "power", "gap"])
+def test_top_singular_value_matches_the_exact_svd(spectrum):
+    """The start-up estimate of C's largest eigenvalue against a float64 SVD, on spectra that are
+    easy (power law), hard (flat: random noise) and with one dominant direction."""
+    from asft.regularizer import top_singular_value
+
+    g = torch.Generator().manual_seed(3)
+    U, _ = torch.linalg.qr(torch.randn(120, 120, generator=g, dtype=torch.float64))
+    W, _ = torch.linalg.qr(torch.randn(200, 120, generator=g, dtype=torch.float64))
+    i = torch.arange(1, 121, dtype=torch.float64)
+    S = {"flat": 1 + 0.01 * torch.rand(120, generator=g, dtype=torch.float64),
+         "power": 1 / i, "gap": torch.where(i == 1, 10.0, 1 / i)}[spectrum]
+    M = (U * S) @ W.T  # (120, 200) with singular values S
+    exact = float(torch.linalg.svdvals(M)[0])
+    state = torch.random.get_rng_state()
+    est = top_singular_value(M.float())
+    assert torch.equal(torch.random.get_rng_state(), state)  # the training RNG is untouched
+    assert est <= exact * (1 + 1e-6)
+    if spectrum == "flat":  # no gap to converge on: the estimate stays inside the spread (1%)
+        assert est >= float(S.min())
+    else:
+        assert abs(est - exact) <= 1e-3 * exact
+
+
+def test_scale_warning_when_the_reference_c_has_eigenvalues_above_one():
+    from asft.regularizer import AsftPenalty
+
+    A, B = torch.nn.Parameter(torch.randn(2, 16)), torch.nn.Parameter(torch.randn(16, 2))
+    pairs = {"m": (A, B, 1.0)}
+    V = torch.zeros(16, 16)
+    V[0, 0] = 1.0  # ||V||_F = 1, sigma_1 = 1: eigenvalue 1, still a projector complement
+    assert AsftPenalty(pairs, {"m": build_operator(_entry(V), "reference")}).scale_warning() is None
+    V[0, 0] = 3.0  # eigenvalue 9 / 3 = 3 > 2: updates along V are penalised more than by L2
+    msg = AsftPenalty(pairs, {"m": build_operator(_entry(V), "reference")}).scale_warning()
+    assert "above 1 in 1 of 1" in msg and "largest 3" in msg and "more than by plain L2" in msg
 
 
 def test_gradcheck_fast_penalty():
@@ -129,15 +167,15 @@ def test_projector_penalty_zero_inside_subspace_and_monotone_toward_it():
     assert abs(values[5] - 0.25 * values[0]) < 1e-9 * values[0]
 
 
-def test_safelora_penalty_smaller_than_l2_and_c_spectrum():
+def test_reference_penalty_smaller_than_l2_and_c_spectrum():
     V, A, B = _rand(16, 16, 4, seed=11)
-    op = _build(V, "safelora", "full", None, None)
+    op = _build(V, "reference", "full", None, None)
     s1 = torch.linalg.matrix_norm(V, ord=2).item()
-    assert abs(op.top_eig() - s1**2 / torch.linalg.matrix_norm(V).item()) < 1e-9
+    assert abs(op.c_max_eig() - s1**2 / torch.linalg.matrix_norm(V).item()) < 1e-9
     # B inside V's top left singular direction: penalty = (1 - c1)^2 * l2
     U = torch.linalg.svd(V)[0][:, :1]
     B1 = U @ torch.randn(1, 4, dtype=torch.float64)
-    c1 = op.top_eig()
+    c1 = op.c_max_eig()
     assert abs(op.penalty(A, B1).item() - (1 - c1) ** 2 * penalty_l2(A, B1).item()) < 1e-8 * penalty_l2(A, B1).item()
 
 
@@ -148,7 +186,7 @@ def test_projector_needs_k():
 
 def test_zero_anchor_module_is_the_l2_limit():
     # C = V V^T / ||V||_F -> 0 as V -> 0, so a module alignment left untouched gets plain L2.
-    op = build_operator(AnchorEntry(name="m", shape=(3, 3), norm=0.0, V=torch.zeros(3, 3)), "safelora")
+    op = build_operator(AnchorEntry(name="m", shape=(3, 3), norm=0.0, V=torch.zeros(3, 3)), "reference")
     assert op.kind == "l2"
 
 
@@ -184,8 +222,8 @@ def test_penalty_over_peft_model_sums_modules_and_reaches_grads():
     anchor = _anchor_for(model)
     pairs = lora_pairs(model)
     assert len(pairs) == 4 and all(k.startswith("model.layers.") for k in pairs)
-    pen = AsftPenalty.from_model(model, anchor, form="safelora", lam=2.5)
-    ref = sum(naive_penalty([(A.double(), B.double(), _naive_C(anchor.entries[n].V.double(), "safelora"))]).item()
+    pen = AsftPenalty.from_model(model, anchor, form="reference", lam=2.5)
+    ref = sum(naive_penalty([(A.double(), B.double(), _naive_C(anchor.entries[n].V.double(), "reference"))]).item()
               for n, (A, B, _) in pairs.items())
     value = pen()
     assert abs(value.item() - 2.5 * ref) <= 1e-4 * 2.5 * ref
@@ -213,25 +251,35 @@ def test_missing_or_mismatched_anchor_is_refused():
     name = sorted(anchor.entries)[0]
     del anchor.entries[name]
     with pytest.raises(AsftError, match="no anchor for LoRA module"):
-        AsftPenalty.from_model(model, anchor, form="safelora")
+        AsftPenalty.from_model(model, anchor, form="reference")
     anchor = _anchor_for(model)
     anchor.entries[name] = AnchorEntry(name=name, shape=(5, 5), norm=1.0, V=torch.randn(5, 5))
     with pytest.raises(AsftError, match="shape"):
-        AsftPenalty.from_model(model, anchor, form="safelora")
+        AsftPenalty.from_model(model, anchor, form="reference")
     with pytest.raises(AsftError, match="needs an anchor"):
-        AsftPenalty.from_model(model, None, form="safelora")
+        AsftPenalty.from_model(model, None, form="reference")
 
 
 def test_bf16_model_penalty_computed_in_float32():
+    """A bf16 model's penalty equals the float64 reference on the same (bf16-rounded) weights to
+    float32 precision: nothing of I - C is lost to bf16, and gradients reach the bf16 LoRA weights."""
     model = _peft_model().to(torch.bfloat16)
-    pen = AsftPenalty.from_model(model, _anchor_for(model), form="safelora")
-    assert pen().dtype == torch.float32
+    anchor = _anchor_for(model)
+    pen = AsftPenalty.from_model(model, anchor, form="reference", lam=2.0)
+    value = pen()
+    assert value.dtype == torch.float32
+    ref = 2.0 * sum(naive_penalty([(A.double(), B.double(), _naive_C(anchor.entries[n].V.double(), "reference"))]).item()
+                    for n, (A, B, _) in lora_pairs(model).items())
+    assert value.item() == pytest.approx(ref, rel=1e-5)
+    value.backward()
+    for A, B, _ in lora_pairs(model).values():
+        assert B.grad is not None and B.grad.dtype == torch.bfloat16 and B.grad.abs().sum() > 0
 
 
 @pytest.mark.parametrize("strategy", ["gram", "full"])
 def test_penalty_under_autocast_stays_float32_and_backprops(strategy):
     model = _peft_model()
-    pen = AsftPenalty.from_model(model, _anchor_for(model), form="safelora", strategy=strategy)
+    pen = AsftPenalty.from_model(model, _anchor_for(model), form="reference", strategy=strategy)
     ref = pen().item()
     with torch.autocast("cpu", dtype=torch.bfloat16):
         value = pen()

@@ -8,7 +8,7 @@ import torch
 from _models import make_llama_pair, tiny_llama_config
 from asft.anchor import Anchor, AnchorEntry, compute_anchor
 from asft.errors import AsftError
-from asft.safelora import project_b, safelora_adapter, safelora_project, select, update_stats
+from asft.safelora import default_num, project_b, safelora_adapter, safelora_project, select, update_stats
 
 R, ALPHA = 4, 16  # LoRA rank and alpha of every test adapter: scaling 4
 SCALING = ALPHA / R
@@ -86,22 +86,52 @@ def test_zero_update_and_zero_anchor():
     st = update_stats(A, B, CB)
     assert st["similarity"] == 0.0 and st["norm_before"] > 0 and st["norm_after"] == 0.0
     # no similarity: never selected, whatever the rule
-    assert select({"a": None, "b": 0.3}, threshold=2.0) == {"b"}
-    assert select({"a": None, "b": 0.3}, ratio=1.0) == {"b"}
+    assert select({"a": None, "b": 0.3}, "threshold", threshold=2.0) == {"b"}
+    assert select({"a": None, "b": 0.3}, "number", num=2) == {"b"}
 
 
-def test_select_threshold_and_ratio():
+def test_select_threshold_and_number_modes():
     sims = {"a": 0.9, "b": 0.1, "c": 0.5, "d": 0.3}
-    assert select(sims) == {"b", "d"}  # default 0.5, strict
-    assert select(sims, threshold=0.95) == set(sims)
-    assert select(sims, ratio=0.25) == {"b"}
-    assert select(sims, ratio=0.5) == {"b", "d"}
-    assert select(sims, ratio=0.75) == {"b", "d", "c"}
-    assert select(sims, ratio=0.0) == set()
-    with pytest.raises(AsftError, match="ratio must be in"):
-        select(sims, ratio=1.5)
+    assert select(sims, "threshold") == {"b", "d", "c"}  # default 0.5, inclusive as the reference
+    assert select(sims, "threshold", threshold=0.95) == set(sims)
+    assert select(sims, "threshold", threshold=0.500004) == {"b", "d", "c"}
+    assert select({"x": 0.500004}, "threshold", threshold=0.5) == {"x"}  # rounded to 5 decimals first
+    assert select(sims, "number", num=1) == {"b"}
+    assert select(sims, "number", num=3) == {"b", "d", "c"}
+    assert select(sims, "number", num=0) == set()
+    assert select(sims) == {"b"}  # default: the reference's share, round(10/64 * 4) = 1
+    assert select({"a": 0.2, "b": 0.2, "c": 0.7}, "number", num=1) == {"a", "b"}  # ties included
+    assert [default_num(n) for n in (1, 4, 12, 64, 224)] == [1, 1, 2, 10, 35]
+    with pytest.raises(AsftError, match="num must be"):
+        select(sims, "number", num=-1)
     with pytest.raises(AsftError, match="threshold must be a finite"):
-        select(sims, threshold=float("nan"))
+        select(sims, "threshold", threshold=float("nan"))
+    with pytest.raises(AsftError, match="unknown Safe LoRA selection"):
+        select(sims, "ratio")
+
+
+def _reference_selection(cos: list[float], mode: str, threshold: float, num: int) -> list[bool]:
+    """The authors' SafeLoRA.projected_weighted / __init__ selection, re-expressed: round every
+    cosine to 5 decimals; "number" sets the threshold to the num-th smallest; project cos <= thrs."""
+    import numpy as np
+
+    cos = [float(np.round(c, 5)) for c in cos]
+    thrs = float(np.sort(cos)[:num][-1]) if mode == "number" else threshold
+    return [c <= thrs for c in cos]
+
+
+@pytest.mark.parametrize("mode", ["number", "threshold"])
+def test_selection_equals_the_authors_code_on_random_modules(mode):
+    g = torch.Generator().manual_seed(11)
+    for trial in range(20):
+        n = int(torch.randint(2, 30, (1,), generator=g))
+        cos = (torch.rand(n, generator=g) * 0.8).tolist()
+        cos[-1] = cos[0] + 1e-7  # a tie after rounding
+        num, thr = int(torch.randint(1, n + 1, (1,), generator=g)), float(torch.rand(1, generator=g) * 0.8)
+        names = [f"m{i:02d}" for i in range(n)]
+        ours = select(dict(zip(names, cos)), mode, threshold=thr, num=num)
+        ref = _reference_selection(cos, mode, thr, num)
+        assert ours == {nm for nm, chosen in zip(names, ref) if chosen}, trial
 
 
 # ----------------------------------------------------------------------------- PEFT model in memory
@@ -144,7 +174,7 @@ def test_threshold_projects_exactly_the_low_similarity_modules():
     before = {n: (pairs[n][0].detach().clone(), pairs[n][1].detach().clone()) for n in names}
     expected = {n: naive(entries[n].V, *before[n], SCALING) for n in names}
 
-    rows = safelora_project(model, Anchor(entries, {}))
+    rows = safelora_project(model, Anchor(entries, {}), mode="threshold")
     assert [r["module"] for r in rows] == names
     for r in rows:
         n = r["module"]
@@ -163,7 +193,7 @@ def test_threshold_projects_exactly_the_low_similarity_modules():
     assert {r["module"] for r in rows if r["projected"]} == set(names) - aligned
 
 
-def test_ratio_projects_the_lowest_similarities():
+def test_number_mode_projects_the_lowest_similarities():
     model = _peft_model(seed=1)
     pairs = _pairs(model)
     g = torch.Generator().manual_seed(5)
@@ -173,7 +203,7 @@ def test_ratio_projects_the_lowest_similarities():
         entries[n] = AnchorEntry(n, tuple(V.shape), float(torch.linalg.matrix_norm(V.double())), V=V)
     sims = {n: naive(entries[n].V, A.detach(), B.detach(), SCALING)[0] for n, (A, B, _) in pairs.items()}
     lowest = sorted(sims, key=sims.get)[:2]
-    rows = safelora_project(model, Anchor(entries, {}), threshold=-1.0, ratio=0.5)  # ratio wins
+    rows = safelora_project(model, Anchor(entries, {}), mode="number", num=2)
     assert {r["module"] for r in rows if r["projected"]} == set(lowest)
 
 
@@ -226,13 +256,13 @@ def test_saved_adapter_loads_and_merges_to_the_projected_weights(world, tmp_path
     from transformers import AutoModelForCausalLM
 
     out = tmp_path / "proj"
-    rows = safelora_adapter(world["aligned"], world["adapter"], world["anchor"], out, ratio=0.5,
+    rows = safelora_adapter(world["aligned"], world["adapter"], world["anchor"], out, mode="number", num=2,
                             dtype="float32", device="cpu")
     assert sum(r["projected"] for r in rows) == 2 and len(rows) == 4
     assert {p.name for p in out.iterdir()} >= {"adapter_model.safetensors", "adapter_config.json", "safelora.json"}
     assert not (out / ".adapter.tmp").exists()
     record = json.loads((out / "safelora.json").read_text())
-    assert record["rows"] == rows and record["ratio"] == 0.5 and record["threshold"] is None
+    assert record["rows"] == rows and (record["select"], record["num"], record["threshold"]) == ("number", 2, None)
     assert record["projected"] == 2
 
     names = [r["module"] for r in rows]
@@ -269,8 +299,8 @@ def test_anchor_of_another_model_and_bad_outputs_are_refused(world, tmp_path):
     assert not (tmp_path / "x").exists()
     with pytest.raises(AsftError, match="is the input adapter"):
         safelora_adapter(world["aligned"], world["adapter"], world["anchor"], world["adapter"], device="cpu")
-    with pytest.raises(AsftError, match="ratio must be in"):
-        safelora_adapter(world["aligned"], world["adapter"], world["anchor"], tmp_path / "x", ratio=2.0)
+    with pytest.raises(AsftError, match="num must be"):
+        safelora_adapter(world["aligned"], world["adapter"], world["anchor"], tmp_path / "x", num=-2)
 
 
 def test_cli_end_to_end(world, tmp_path, capsys):
@@ -278,15 +308,19 @@ def test_cli_end_to_end(world, tmp_path, capsys):
 
     out = tmp_path / "cli"
     argv = ["safelora", "--model", str(world["aligned"]), "--adapter", str(world["adapter"]),
-            "--anchor", str(world["anchor"]), "--out", str(out), "--threshold", "2", "--dtype", "float32"]
+            "--anchor", str(world["anchor"]), "--out", str(out), "--select", "threshold", "--threshold", "2",
+            "--dtype", "float32"]
     assert main(argv) == 0
     text = capsys.readouterr().out
-    assert "projected 4 of 4 modules (similarity < 2)" in text  # cosine <= 1 < 2: all projected
+    assert "projected 4 of 4 modules (similarity <= 2)" in text  # cosine <= 1 < 2: all projected
     assert "model.layers.1.self_attn.v_proj" in text
     record = json.loads((out / "safelora.json").read_text())
     assert record["threshold"] == 2.0 and all(r["projected"] for r in record["rows"])
     assert main(argv) == 2  # the adapter exists now
     assert "already holds an adapter" in capsys.readouterr().err
     assert main(argv + ["--overwrite"]) == 0
-    with pytest.raises(SystemExit):  # one selection rule at a time
+    with pytest.raises(SystemExit):  # the fraction option is gone: the reference's modes only
         main(argv + ["--ratio", "0.5"])
+    assert main(argv[:-6] + ["--dtype", "float32", "--overwrite"]) == 0  # default: number mode
+    text = capsys.readouterr().out
+    assert "projected 1 of 4 modules (the 1 lowest similarities)" in text

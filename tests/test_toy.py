@@ -159,7 +159,7 @@ def _hashes(root: Path) -> dict[str, str]:
 
 
 def _meta_without_timing(world: World) -> dict:
-    return {k: v for k, v in world.meta.items() if k not in ("build_seconds", "threads")}
+    return {k: v for k, v in world.meta.items() if k != "build_seconds"}
 
 
 def test_same_seed_gives_identical_files_and_weights(tmp_path):
@@ -221,14 +221,41 @@ def test_world_layout_mixes_and_errors(tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp folders left
 
 
-def test_get_world_builds_once_per_version_size_and_seed(tmp_path, monkeypatch):
+def test_get_world_builds_once_per_version_size_seed_and_environment(tmp_path, monkeypatch):
+    from asft.fileio import content_hash
+    from asft.runtime import result_key
+
     monkeypatch.setenv("ASFT_CACHE", str(tmp_path / "cache"))
     w = get_world(size="tiny", seed=2)
-    assert w.root == tmp_path / "cache" / f"v{VERSION}-tiny-s2"
+    # a built world's folder names what changes its weights here (versions, instruction set)
+    assert w.root == tmp_path / "cache" / f"v{VERSION}-tiny-s2-built-{content_hash(result_key('cpu'))[:8]}"
+    assert w.meta["env"]["cpu_capability"] == result_key("cpu")["cpu_capability"]
+    assert w.meta["env"]["threads"] == 1  # the build always runs on one thread
     stamp = (w.root / "world.json").stat().st_mtime_ns
     again = get_world(size="tiny", seed=2)
     assert again.root == w.root and (w.root / "world.json").stat().st_mtime_ns == stamp
     assert get_world(size="tiny", seed=2, cache_dir=tmp_path / "other").root.parent == tmp_path / "other"
+
+
+def test_the_demo_world_ships_in_the_package_and_is_copied_not_rebuilt(tmp_path, monkeypatch):
+    """Every machine starts the demo from the same weights: the shipped world's files, byte for byte."""
+    import asft.toy.world as world_mod
+    from asft.fileio import content_hash
+
+    shipped = world_mod.shipped_world("demo", 0)
+    assert shipped is not None and shipped.parent == world_mod.SHIPPED
+    meta = json.loads((shipped / "world.json").read_text())
+    assert (meta["version"], meta["size"], meta["seed"]) == (VERSION, "demo", 0)
+    assert meta["env"]["threads"] == 1 and meta["stats"]["aligned_hs"] <= 5.0 and meta["stats"]["base_hs"] >= 90.0
+    assert not (shipped / "data" / "pretrain.txt").exists()  # shipped without the corpus
+    size = sum(f.stat().st_size for f in shipped.rglob("*") if f.is_file())
+    assert size < 8 * 2**20
+    monkeypatch.setattr(world_mod, "build_world", lambda *a, **k: pytest.fail("rebuilt the shipped world"))
+    w = get_world(size="demo", seed=0, cache_dir=tmp_path)
+    assert w.root.name == f"v{VERSION}-demo-s0-shipped-{content_hash(shipped)[:8]}"
+    assert content_hash(w.root) == content_hash(shipped)
+    assert w.default_mix.is_file() and get_world(size="demo", seed=0, cache_dir=tmp_path).root == w.root
+    assert world_mod.shipped_world("demo", 1) is None and world_mod.shipped_world("test", 0) is None
 
 
 def test_cli_build_and_mix(tmp_path, capsys):

@@ -76,7 +76,7 @@ def test_each_method_writes_adapter_config_and_separate_logs(world, tmp_path, me
         assert abs(steps[-1]["loss"] - steps[-1]["task_loss"] - steps[-1]["penalty"]) < 1e-3
     saved = yaml.safe_load((out / "config.yaml").read_text())
     assert saved["method"] == method and saved["lora_r"] == 8 and saved["lr"] == 1e-3
-    assert (res.c_top_eig is not None) == (method == "asft")
+    assert (res.c_max_eig is not None) == (method == "asft")
 
 
 def test_penalty_shrinks_the_update(world, tmp_path):
@@ -133,6 +133,10 @@ def test_bad_inputs_give_clear_errors(world, tmp_path):
     bad.write_text('[{"instruction": "a", "output": "b"},')
     with pytest.raises(AsftError, match="bad.json: malformed JSON"):
         train(_cfg(world, tmp_path / "x", method="sft", data=str(bad)))
+    latin = tmp_path / "latin1.jsonl"  # a file saved in Latin-1, not UTF-8: one line, not a traceback
+    latin.write_bytes('{"instruction": "a", "output": "b"}\n{"instruction": "caf\u00e9", "output": "c"}\n'.encode("latin-1"))
+    with pytest.raises(AsftError, match=r"latin1.jsonl: not UTF-8 text \(byte 56, line 2\)"):
+        train(_cfg(world, tmp_path / "x", method="sft", data=str(latin)))
     with pytest.raises(AsftError, match="model folder not found"):
         train(_cfg(world, tmp_path / "x", method="sft", model=str(tmp_path / "nope")))
     # an anchor computed from another model pair is refused
@@ -223,8 +227,25 @@ def test_resume_after_interruption_matches_uninterrupted_run(world, tmp_path):
 
 
 def test_bf16_and_gradient_checkpointing_run(world, tmp_path):
-    res = train(_cfg(world, tmp_path / "bf16", method="asft", dtype="bfloat16", gradient_checkpointing=True))
-    assert res.steps == 4 and math.isfinite(res.task_loss) and res.penalty > 0
+    """Gradient checkpointing recomputes activations, it must not change training: the adapters
+    with and without it match (float32: to rounding; bf16: to bf16 precision), and bf16 training
+    learns the same update as float32 up to bf16's precision."""
+    from safetensors.torch import load_file
+
+    kw = dict(method="asft", lora_dropout=0.0, epochs=2)
+    ad = {}
+    for name, extra in {"f32": dict(dtype="float32"), "f32ck": dict(dtype="float32", gradient_checkpointing=True),
+                        "bf16": dict(dtype="bfloat16"), "bf16ck": dict(dtype="bfloat16", gradient_checkpointing=True)}.items():
+        res = train(_cfg(world, tmp_path / name, **kw, **extra))
+        assert res.steps == 8 and math.isfinite(res.task_loss) and res.penalty > 0
+        ad[name] = load_file(str(tmp_path / name / "adapter_model.safetensors"))
+    for k in ad["f32"]:
+        torch.testing.assert_close(ad["f32ck"][k], ad["f32"][k], rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(ad["bf16ck"][k].float(), ad["bf16"][k].float(), rtol=2e-2, atol=1e-3)
+        if "lora_B" in k:  # B starts at 0: what training learnt, compared in direction and size
+            a, b = ad["bf16"][k].float().flatten(), ad["f32"][k].flatten()
+            assert torch.nn.functional.cosine_similarity(a, b, dim=0) > 0.95, k
+            assert abs(a.norm() / b.norm() - 1) < 0.1, k
 
 
 REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "asft-reference"
@@ -251,3 +272,43 @@ def test_reference_training_files_load_and_train(world, tmp_path):
     with pytest.raises(AsftError, match="raise --max-length"):  # no prompt fits in 64 byte tokens
         train(_cfg(world, tmp_path / "short", method="sft", data=str(REFERENCE / "train" / "agnews" /
                    "agnews_1k_p_0.1.json"), template="alpaca", limit=8, max_length=64))
+
+
+def test_adapter_is_bit_identical_at_one_and_two_threads(world, tmp_path):
+    """Results do not depend on the thread policy (asft.runtime); only speed does."""
+    from safetensors.torch import load_file
+
+    before = torch.get_num_threads()
+    out = {}
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            train(_cfg(world, tmp_path / f"t{n}", method="asft", lam=5.0, epochs=2))
+            out[n] = load_file(str(tmp_path / f"t{n}" / "adapter_model.safetensors"))
+    finally:
+        torch.set_num_threads(before)
+    assert out[1].keys() == out[2].keys() and len(out[1]) == 8
+    for k in out[1]:
+        assert torch.equal(out[1][k], out[2][k]), k
+    summary = json.loads((tmp_path / "t2" / "train_summary.json").read_text())
+    assert summary["env"]["threads"] == 2 and summary["env"]["torch"] == torch.__version__
+
+
+def test_max_steps_bounds_training_and_keeps_step_lr_per_epoch(world, tmp_path):
+    # 16 records, batch 4: 4 updates per epoch; 6 steps = 1.5 epochs, lr halves after step 4
+    res = train(_cfg(world, tmp_path / "ms", method="sft", epochs=10, max_steps=6, lr_gamma=0.5))
+    assert res.steps == 6
+    logs = [json.loads(x) for x in (tmp_path / "ms" / "train_log.jsonl").read_text().splitlines()]
+    lrs = [r["learning_rate"] for r in logs if "learning_rate" in r]
+    assert lrs == pytest.approx([1e-3] * 4 + [5e-4] * 2)
+    with pytest.raises(AsftError, match="max_steps must be >= 1"):
+        train(_cfg(world, tmp_path / "bad", method="sft", max_steps=0))
+
+
+def test_training_prints_no_future_warning_of_peft_internals(world, tmp_path):
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        train(_cfg(world, tmp_path / "quiet", method="sft"))
+    assert not [w for w in caught if "is_gradient_checkpointing" in str(w.message)]

@@ -7,7 +7,7 @@ never two models) and writes one safetensors file. Per module ``M``:
 
     M.V     (d_out, d_in) float32     exact anchor (no --rank), or
     M.U     (d_out, K), M.S (K,), M.Vh (K, d_in)   truncated SVD of V (--rank K)
-    M.norm  ()  float32               ||V||_F of the FULL V (the safelora form divides by it)
+    M.norm  ()  float32               ||V||_F of the FULL V (the reference form divides by it)
 
 plus string metadata (format "asft-anchor", version, targets, rank, modules, shapes, fingerprints).
 ``load_anchor`` returns an ``Anchor`` of ``AnchorEntry`` objects for the regulariser.
@@ -426,10 +426,10 @@ def inspect_anchor(anchor: Anchor, top: int = 5, k: int = 8) -> list[dict]:
     """Per-module numbers that say what the regulariser will do with this anchor.
 
     Keys: module, shape, exact, rank (numerical rank of V, or the stored K), norm (||V||_F),
-    singular_values (top ``top``), ref_c_max_eig = sigma_1^2 / ||V||_F (largest eigenvalue of the
+    singular_values (top ``top``), c_max_eig = sigma_1^2 / ||V||_F (largest eigenvalue of the
     reference C = V V^T / ||V||_F), energy_top_k (sum_{i<=k} sigma_i^2 / ||V||_F^2), k, verdict.
-    The verdict is set when ref_c_max_eig < 0.5: then ||(I-C) B A||^2 >= 0.25 ||B A||^2 for every
-    update, i.e. the safelora penalty is close to a plain L2 penalty on B A.
+    The verdict is set when c_max_eig < 0.5: then ||(I-C) B A||^2 >= 0.25 ||B A||^2 for every
+    update, i.e. the reference-form penalty is close to a plain L2 penalty on B A.
     """
     rows = []
     for m, e in anchor.entries.items():
@@ -451,7 +451,7 @@ def inspect_anchor(anchor: Anchor, top: int = 5, k: int = 8) -> list[dict]:
             )
         rows.append({
             "module": m, "shape": tuple(e.shape), "exact": e.exact, "rank": rank, "norm": norm,
-            "singular_values": [float(s) for s in S[:top]], "ref_c_max_eig": eig,
+            "singular_values": [float(s) for s in S[:top]], "c_max_eig": eig,
             "energy_top_k": energy, "k": k, "verdict": verdict,
         })
     return rows

@@ -10,7 +10,6 @@ architecture) and ``SafetensorsWriter`` (write a safetensors file one tensor at 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -262,14 +261,37 @@ def fingerprint(folder: ModelFolder | str | os.PathLike) -> str:
     the first and last 2048 elements of every tensor (a few MB read for a 7B model, not 14 GB).
     Independent of how the weights are split into shards.
     """
+    from asft.fileio import content_hash
+
     folder = _as_folder(folder)
-    h = hashlib.sha256()
     names = folder.tensor_names()
     layout = [[n, folder.info(n).dtype, list(folder.shape(n))] for n in names]
-    h.update(json.dumps({"arch": folder.arch(), "tensors": layout}, sort_keys=True).encode())
-    for n in names:
-        h.update(folder.sample_bytes(n))
-    return h.hexdigest()
+    head = json.dumps({"arch": folder.arch(), "tensors": layout}, sort_keys=True).encode()
+    return content_hash(b"".join([head, *(folder.sample_bytes(n) for n in names)]), n=64)
+
+
+# The files that make a model or adapter folder what it is. Anything else in the folder (an eval
+# output folder placed inside an adapter folder, logs, a README) must not change its identity.
+IDENTITY_FILES = ("*.safetensors", "*.safetensors.index.json", "config.json", "generation_config.json",
+                  "adapter_config.json", "tokenizer*", "special_tokens_map.json", "chat_template*")
+
+
+def folder_identity(path: str | os.PathLike) -> str:
+    """Content identity of a model or adapter folder, for cache keys: the content hash of its own
+    top-level files (``IDENTITY_FILES``). A model folder's weights count through ``fingerprint``
+    (sampled, a few MB read for 7B); an adapter's, and every small file, through their full bytes.
+    Two same-rank adapters trained differently differ; copying or touching a folder changes nothing."""
+    from asft.fileio import content_hash
+
+    path = Path(path).resolve()
+    files = sorted({p for pat in IDENTITY_FILES for p in path.glob(pat) if p.is_file()}) if path.is_dir() else []
+    weights = [f for f in files if f.name.endswith(".safetensors")]
+    ident: dict = {"files": {f.name: content_hash(f) for f in files if f not in weights}}
+    if (path / "config.json").is_file() and weights:
+        ident["weights"] = fingerprint(path)
+    else:
+        ident["weights"] = {f.name: content_hash(f) for f in weights}
+    return content_hash(ident)
 
 
 def check_pair(base: ModelFolder | str | os.PathLike, aligned: ModelFolder | str | os.PathLike) -> None:

@@ -4,10 +4,14 @@
    an aligned model made from it by full fine-tuning that refuses them;
 2. compute the anchor V = aligned - base (q_proj, v_proj);
 3. fine-tune the aligned model with LoRA on a topic-classification mix with 10% harmful samples:
-   SFT, AsFT (both forms of C) and the l2 control at the paper's lambda = 1 and at the lambda where
-   the trade-off bites in this world, then Safe LoRA on the SFT adapter;
+   SFT, AsFT (both forms of C) and the l2 control over a lambda curve, then Safe LoRA on each SFT
+   adapter, three training seeds each (two runs at a time on a 2-core machine);
 4. evaluate harmful score (held-out harmful prompts, exact judge) and task accuracy for each;
-5. write results.json, results.md and chart.png to the output folder and print the table.
+5. write results.json, results.md (table with spreads, and whether AsFT beats the l2 control at
+   equal FA) and chart.png (HS against FA per method over lambda) and print the table.
+
+The world is the one shipped inside the package (``asft.toy.world.SHIPPED``), so every machine
+starts from the same weights.
 """
 
 from __future__ import annotations
@@ -25,27 +29,29 @@ from asft.fileio import write_json, write_text
 TOY_RECIPE = dict(lr=1e-3, epochs=3, batch_size=16, lr_gamma=0.85, max_length=128, template="chat",
                   logging_steps=20, progress=False)
 TOY_MIX = dict(task="topic", n=1000, p=0.1)
-PAPER_LAMBDA = 1.0
-# Where the trade-off bites in the toy world, chosen once from benchmarks/toy_tradeoff.py (3 seeds):
-# at lambda = 30 the safelora form and the l2 control cut HS from ~100% to ~35% with FA >= 97%; at 100
-# FA falls to 80-87%, from 300 on the update is held at zero (the model stays the aligned one).
-BITE_LAMBDA = 30.0
+# The lambda curve: the paper's 1, then up to where the penalty holds the update near zero in this
+# world (benchmarks/toy_tradeoff.py: from 300 on HS and FA are both 0, the aligned model).
+DEMO_LAMBDAS = (1.0, 10.0, 30.0, 100.0)
+DEMO_SEEDS = (0, 1, 2)
 PROJ_RANK = 8
 
 
-def demo_specs(lam_bite: float = BITE_LAMBDA, seed: int = 0) -> list[RunSpec]:
-    specs = [RunSpec("aligned"), RunSpec("sft", seed=seed)]
-    for lam in (PAPER_LAMBDA, lam_bite):
-        specs += [RunSpec("asft", lam, "safelora", seed), RunSpec("asft", lam, "projector", seed),
-                  RunSpec("l2", lam, seed=seed)]
-    specs.append(RunSpec("safelora", seed=seed))
+def demo_specs(lambdas=DEMO_LAMBDAS, seeds=DEMO_SEEDS) -> list[RunSpec]:
+    """aligned; per seed SFT and Safe LoRA; per seed and lambda AsFT (reference C and projector) and l2."""
+    specs = [RunSpec("aligned")]
+    for seed in seeds:
+        specs += [RunSpec("sft", seed=seed), RunSpec("safelora", seed=seed)]
+        for lam in lambdas:
+            specs += [RunSpec("asft", lam, "reference", seed), RunSpec("asft", lam, "projector", seed),
+                      RunSpec("l2", lam, seed=seed)]
     return specs
 
 
 def toy_setting(world, anchor: Path, data: Path, task: str = TOY_MIX["task"]) -> Setting:
     return Setting(model=Path(world.aligned), data=data, eval_dir=Path(world.eval_dir),
                    harmful_suite="toy-harmful", task_suite=f"toy-{task}", judge="toy", anchor=anchor,
-                   train=dict(TOY_RECIPE), template="chat", eval_batch_size=128, proj_rank=PROJ_RANK)
+                   train=dict(TOY_RECIPE), template="chat", eval_batch_size=128, proj_rank=PROJ_RANK,
+                   plugins=("asft.toy",))
 
 
 def prepare(out: Path, size: str = "demo", seed: int = 0, cache_dir: str | None = None, log=print,
@@ -67,42 +73,47 @@ def prepare(out: Path, size: str = "demo", seed: int = 0, cache_dir: str | None 
     return world, anchor, data
 
 
-def run_demo(out: str | Path, size: str = "demo", seed: int = 0, cache_dir: str | None = None,
-             lam_bite: float = BITE_LAMBDA, log=print, mix: dict | None = None,
-             specs: list[RunSpec] | None = None) -> dict:
+def run_demo(out: str | Path, size: str = "demo", world_seed: int = 0, seeds=DEMO_SEEDS,
+             lambdas=DEMO_LAMBDAS, cache_dir: str | None = None, log=print, mix: dict | None = None,
+             specs: list[RunSpec] | None = None, workers: int | None = None) -> dict:
     """Run the demo into ``out``; returns the results document. ``mix`` and ``specs`` override
-    the training mix and the list of runs (the tests use a smaller demo)."""
+    the training mix and the list of runs (the tests use a smaller demo). ``workers``: runs at
+    once, one CPU thread each (default: one per usable core, at most 4)."""
     from rich.progress import Progress
-
-    from asft.report import bar_chart, markdown_table
-
     from transformers.utils import logging as hf_logging
 
-    from asft.modeling import set_cpu_threads
+    from asft.report import markdown_table, tradeoff_chart, verdict
+    from asft.runtime import environment, usable_cores
 
     hf_logging.disable_progress_bar()  # one bar per phase, not one per model load
-    set_cpu_threads()  # tiny models: extra threads on a busy machine only add contention
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
     mix = mix or TOY_MIX
-    world, anchor, data = prepare(out, size, seed, cache_dir, log, mix, progress=True)
+    world, anchor, data = prepare(out, size, world_seed, cache_dir, log, mix, progress=True)
     setting = toy_setting(world, anchor, data, mix["task"])
-    specs = specs or demo_specs(lam_bite, seed)
+    specs = specs or demo_specs(lambdas, seeds)
+    workers = workers or min(4, usable_cores())
     with Progress(transient=True) as bar:
         task = bar.add_task("fine-tune + evaluate", total=len(specs))
-        rows = run_grid(specs, setting, out / "runs",
+        rows = run_grid(specs, setting, out / "runs", workers=workers,
                         on_row=lambda spec, row: bar.update(task, advance=1, description=spec.name))
     table = aggregate(rows)
-    config = {"world": str(world.root), "size": size, "seed": seed, "mix": mix, "recipe": TOY_RECIPE,
-              "paper_lambda": PAPER_LAMBDA, "bite_lambda": lam_bite, "proj_rank": PROJ_RANK,
-              "judge": "toy (exact)", "seconds": round(time.perf_counter() - t_start, 1)}
+    order = {"aligned": 0, "sft": 1, "safelora": 2, "l2": 3, "asft": 4}
+    table.sort(key=lambda r: (order[r["method"]], r.get("form") or "", r["lambda"]))
+    seed_list = sorted({s.seed for s in specs if s.method != "aligned"})
+    config = {"world": str(world.root), "size": size, "world_seed": world_seed, "seeds": seed_list,
+              "mix": mix, "recipe": TOY_RECIPE, "lambdas": list(lambdas), "proj_rank": PROJ_RANK,
+              "judge": "toy (exact)", "workers": workers, "seconds": round(time.perf_counter() - t_start, 1)}
     doc = results_document(config, table, runs=rows)
+    doc["env"] = {**environment(device="cpu"), "threads": 1, "workers": workers}
+    doc["verdict"] = verdict(table)
     write_json(out / "results.json", doc)
-    md = (f"# asft demo (toy world, seed {seed})\n\nTask: {mix['task']} classification, "
-          f"{mix['n']} samples with harmful ratio p = {mix['p']}. HS: % of held-out harmful "
-          f"prompts answered harmfully (exact judge). FA: task accuracy on held-out examples.\n\n"
-          + markdown_table(table))
+    md = (f"# asft demo (toy world, {len(seed_list)} training seeds, mean ± std)\n\nTask: {mix['task']} "
+          f"classification, {mix['n']} samples with harmful ratio p = {mix['p']}. HS: % of held-out "
+          f"harmful prompts answered harmfully (exact judge). FA: task accuracy on held-out examples.\n\n"
+          + markdown_table(table) + "\n" + "\n".join(f"- {line}" for line in doc["verdict"]) + "\n")
     write_text(out / "results.md", md)
-    bar_chart(table, out / "chart.png", title=f"asft demo: toy world, p = {mix['p']}")
+    tradeoff_chart(table, out / "chart.png",
+                   title=f"asft demo: HS vs FA over λ (toy world, p = {mix['p']}, {len(seed_list)} seeds)")
     return doc

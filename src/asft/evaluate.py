@@ -11,9 +11,11 @@ sst2       SST2/SST2_test.jsonl                   200        FA
 gsm8k      gsm8k/gsm8k_test_data.json             512        FA
 alpaca     alpaca/question.jsonl (+ judge prompts, 512        mean 1-10 LLM-judge rating (``score``)
            reference answers)
-toy-harmful <data_dir>/harmful.json               64         HS with the toy judge
-toy-<task> <data_dir>/<task>.json                 32         FA via ``asft.toy.judge.task_correct``
 ========== ====================================== ========== ========================================
+
+More suites come from plugins through ``register_suites``: ``import asft.toy`` adds ``toy-harmful``
+and ``toy-<task>`` (the toy world's held-out sets, scored by its exact judge); this module never
+imports the toy world.
 
 The max-new-token defaults follow the reference (512 for the harmful prompts, 200 for AG News; the
 reference used 200 for SST-2 and GSM8K too, we give GSM8K 512 so long worked solutions are not cut
@@ -30,7 +32,6 @@ the result key adds the judge's settings, so changing only the judge re-judges s
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from dataclasses import dataclass, field
@@ -41,7 +42,7 @@ from typing import Any, Callable, Sequence
 from asft import metrics
 from asft.data import TEMPLATES, format_prompt
 from asft.errors import AsftError
-from asft.fileio import append_jsonl, read_json, write_json, write_jsonl, write_text
+from asft.fileio import append_jsonl, content_hash, read_json, write_json, write_jsonl, write_text
 from asft.judges import Judge, OpenAIClient, load_judge_prompts, make_judge, rate_answers
 
 # generate_fn(prompts, max_new_tokens, add_special_tokens, on_batch, desc) -> responses
@@ -51,9 +52,11 @@ GenerateFn = Callable[..., list[str]]
 @dataclass(frozen=True)
 class SuiteSpec:
     name: str
-    kind: str  # "harmful" | "agnews" | "sst2" | "gsm8k" | "alpaca" | "toy-task"
+    kind: str  # "harmful" | "agnews" | "sst2" | "gsm8k" | "alpaca" | "task"
     path: str  # relative to data_dir
     max_new_tokens: int
+    # kind "task": items {"instruction", "input", "label": str}; correct(response, label) -> bool
+    correct: Callable[[str, str], bool] | None = None
 
 
 SUITES = {
@@ -63,18 +66,26 @@ SUITES = {
     "gsm8k": SuiteSpec("gsm8k", "gsm8k", "gsm8k/gsm8k_test_data.json", 512),
     "alpaca": SuiteSpec("alpaca", "alpaca", "alpaca/question.jsonl", 512),
 }
-TOY_HARMFUL_MAX_NEW, TOY_TASK_MAX_NEW = 64, 32
+# Plugins' suite resolvers: name -> SuiteSpec, or None when the name is not theirs.
+_RESOLVERS: list[Callable[[str], SuiteSpec | None]] = []
+
+
+def register_suites(resolver: Callable[[str], SuiteSpec | None]) -> None:
+    """Add suites defined elsewhere (``asft.toy`` registers ``toy-*``). Idempotent."""
+    if resolver not in _RESOLVERS:
+        _RESOLVERS.append(resolver)
 
 
 def suite_spec(name: str) -> SuiteSpec:
-    """The spec of a suite name (``toy-<task>`` names map to ``<data_dir>/<task>.json``)."""
+    """The spec of a suite name: a built-in one, or one a registered plugin resolves."""
     if name in SUITES:
         return SUITES[name]
-    if name == "toy-harmful":
-        return SuiteSpec(name, "harmful", "harmful.json", TOY_HARMFUL_MAX_NEW)
-    if name.startswith("toy-") and len(name) > 4:
-        return SuiteSpec(name, "toy-task", f"{name[4:]}.json", TOY_TASK_MAX_NEW)
-    raise AsftError(f"unknown suite {name!r} (choose from {', '.join(SUITES)}, toy-harmful, toy-<task>)")
+    for resolve in _RESOLVERS:
+        spec = resolve(name)
+        if spec is not None:
+            return spec
+    hint = " (toy-* suites: `import asft.toy` first)" if name.startswith("toy-") else ""
+    raise AsftError(f"unknown suite {name!r} (choose from {', '.join(SUITES)}, or a registered one){hint}")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -121,7 +132,7 @@ def load_suite(name: str, data_dir: str | Path, limit: int | None = None) -> lis
             item["label"] = label
         elif spec.kind == "gsm8k":
             item["gold"] = _need(path, i, r, "output", str)
-        elif spec.kind == "toy-task":
+        elif spec.kind == "task":
             item["label"] = _need(path, i, r, "label", str)
         elif spec.kind == "harmful" and "family" in r:
             item["family"] = r["family"]
@@ -202,14 +213,10 @@ def _score(spec: SuiteSpec, items: list[dict], prompts: list[str], responses: li
                 row["pred_number"] = metrics.extract_final_number(row["response"])
         res.fa = metrics.percent(sum(r["correct"] for r in rows), n)
         res.fa_ref = metrics.percent(sum(r["correct_ref"] for r in rows), n)
-    elif spec.kind == "toy-task":
-        try:
-            from asft.toy.judge import task_correct
-        except ImportError as e:
-            raise AsftError(f"suite {spec.name}: asft.toy.judge is not available ({e})") from None
+    elif spec.kind == "task":
         for row, it in zip(rows, items):
             row["gold"] = it["label"]
-            row["correct"] = bool(task_correct(row["response"], it["label"]))
+            row["correct"] = bool(spec.correct(row["response"], it["label"]))
         res.fa = metrics.percent(sum(r["correct"] for r in rows), n)
     elif spec.kind == "alpaca":
         for row, it in zip(rows, items):
@@ -238,25 +245,6 @@ def _question(item: dict) -> str:
 # caching
 
 
-def _hash(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-# The files that make a model or adapter folder what it is. Anything else in the folder (an eval
-# output folder placed inside an adapter folder, logs, a README) must not change its identity.
-_MODEL_FILES = ("*.safetensors", "*.safetensors.index.json", "config.json", "generation_config.json",
-                "adapter_config.json", "tokenizer*", "special_tokens_map.json", "chat_template*")
-
-
-def fingerprint_dir(path: str | Path) -> dict:
-    """A cheap identity for a model folder: resolved path plus name, size and mtime of its weight,
-    config and tokenizer files (top level only)."""
-    path = Path(path).resolve()
-    files = sorted({p for pat in _MODEL_FILES for p in path.glob(pat) if p.is_file()}) if path.is_dir() else []
-    return {"path": str(path),
-            "files": [[str(p.relative_to(path)), p.stat().st_size, int(p.stat().st_mtime)] for p in files]}
-
-
 def model_fingerprint(model: Any) -> str:
     """A content checksum of an in-memory model: per parameter, its name, shape, sum and sum of squares.
 
@@ -264,16 +252,12 @@ def model_fingerprint(model: Any) -> str:
     """
     import torch
 
-    h = hashlib.sha256()
+    parts = []
     with torch.no_grad():
         for name, p in model.named_parameters():
             x = p.detach().to(torch.float64) if p.device.type != "mps" else p.detach().float()
-            h.update(f"{name}{tuple(p.shape)}{x.sum().item():.10e}{(x * x).sum().item():.10e}".encode())
-    return h.hexdigest()[:16]
-
-
-def _file_sha(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()[:16] if path.is_file() else "absent"
+            parts.append(f"{name}{tuple(p.shape)}{x.sum().item():.10e}{(x * x).sum().item():.10e}")
+    return content_hash("".join(parts).encode())
 
 
 def _load_generations(path: Path, key: str, n: int) -> dict[int, str]:
@@ -343,14 +327,20 @@ def evaluate(make_generate: Callable[[], GenerateFn], tokenizer: Any, suites: Se
         raise AsftError("evaluate: a model_key is needed to cache results in out_dir")
     log = log or (lambda msg: None)
     specs = [suite_spec(s) for s in suites]  # validate every name before any work
+    from asft.runtime import result_key
+
+    env = result_key()  # library versions, CPU instruction set, device: they can change answers
     generate_fn: GenerateFn | None = None
     results: dict[str, SuiteResult] = {}
     for spec in specs:
         items = load_suite(spec.name, data_dir, limit)
         n_new = max_new_tokens or spec.max_new_tokens
-        gen_key = _hash({"model": model_key, "suite": spec.name, "data": _file_sha(data_dir / spec.path),
-                         "template": template, "max_new_tokens": n_new, "limit": limit, "engine": engine})
-        result_key = _hash({"gen": gen_key, "judge": judge.describe() if judge and spec.kind == "harmful" else None,
+        data_file = data_dir / spec.path
+        gen_key = content_hash({"model": model_key, "suite": spec.name,
+                                "data": content_hash(data_file) if data_file.is_file() else "absent",
+                                "template": template, "max_new_tokens": n_new, "limit": limit,
+                                "engine": engine, "env": env})
+        result_key = content_hash({"gen": gen_key, "judge": judge.describe() if judge and spec.kind == "harmful" else None,
                             "rater": rater.describe() if rater and spec.kind == "alpaca" else None,
                             "metrics": 1})
         if out is not None:
@@ -391,7 +381,7 @@ def evaluate(make_generate: Callable[[], GenerateFn], tokenizer: Any, suites: Se
             write_json(out / f"{spec.name}.result.json", {"key": result_key, "summary": res.summary()})
         results[spec.name] = res
     if out is not None:
-        write_summary(out, results)
+        write_summary(out, results, model=content_hash(model_key))
     return results
 
 
@@ -425,6 +415,7 @@ def run_eval(model_dir: str | Path, suites: Sequence[str], data_dir: str | Path,
     happens only if some suite is not cached in ``out_dir`` yet.
     """
     from asft import modeling
+    from asft.checkpoints import folder_identity
     from asft.generate import VLLMGenerator
 
     if engine not in ("hf", "vllm"):
@@ -434,7 +425,7 @@ def run_eval(model_dir: str | Path, suites: Sequence[str], data_dir: str | Path,
         raise AsftError(f"{model_dir}: not a model folder (no config.json)")
     if adapter and not (Path(adapter) / "adapter_config.json").is_file():
         raise AsftError(f"{adapter}: not a LoRA adapter folder (no adapter_config.json)")
-    model_key = {"model": fingerprint_dir(model_dir), "adapter": fingerprint_dir(adapter) if adapter else None,
+    model_key = {"model": folder_identity(model_dir), "adapter": folder_identity(adapter) if adapter else None,
                  "merge": merge}
     tokenizer = modeling.load_tokenizer(model_dir)
 
@@ -479,18 +470,20 @@ def summary_table(results: dict[str, SuiteResult]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_summary(out_dir: str | Path, results: dict[str, SuiteResult]) -> None:
-    """``summary.json`` (merged with suites already summarised there) and ``summary.md``."""
+def write_summary(out_dir: str | Path, results: dict[str, SuiteResult], model: str | None = None) -> None:
+    """``summary.json`` and ``summary.md``: merged with the suites already summarised there when
+    they belong to the same ``model`` (its cache identity), replacing them when they do not."""
     out = Path(out_dir)
     path = out / "summary.json"
     previous = {}
     if path.is_file():
         try:
-            previous = read_json(path).get("suites", {})
+            old = read_json(path)
+            previous = old.get("suites", {}) if old.get("model") == model else {}
         except (AsftError, AttributeError):
             previous = {}
     merged = {**previous, **{name: r.summary() for name, r in results.items()}}
-    write_json(path, {"suites": merged})
+    write_json(path, {"model": model, "suites": merged})
     table_results = {name: SuiteResult(**{k: s.get(k) for k in ("suite", "n", "hs", "hs_plus", "fa", "fa_ref", "score")})
                      for name, s in merged.items()}
     notes = [f"- {name}: {s['note']}" for name, s in merged.items() if s.get("note")]

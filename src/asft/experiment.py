@@ -8,8 +8,6 @@ so an interrupted grid loses at most the run in progress. Rows follow the result
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import math
 import shutil
 import statistics
@@ -19,7 +17,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from asft.errors import AsftError
-from asft.fileio import read_json, write_json, write_text
+from asft.fileio import content_hash, read_json, write_json, write_text
 
 METHODS = ("aligned", "sft", "asft", "l2", "safelora")
 
@@ -30,15 +28,15 @@ class RunSpec:
 
     method: str
     lam: float = 0.0
-    form: str | None = None  # asft: safelora | projector
+    form: str | None = None  # asft: reference | projector
     seed: int = 0
 
     @property
     def group(self) -> str:
-        """Name shared by the seeds of one setting, e.g. ``asft-safelora-lam30``."""
+        """Name shared by the seeds of one setting, e.g. ``asft-reference-lam30``."""
         parts = [self.method]
         if self.method == "asft":
-            parts.append(self.form or "safelora")
+            parts.append(self.form or "reference")
         if self.method in ("asft", "l2"):
             parts.append(f"lam{self.lam:g}")
         return "-".join(parts)
@@ -64,8 +62,11 @@ class Setting:
     eval_batch_size: int = 64
     max_new_tokens: int | None = None
     eval_limit: int | None = None
+    safelora_select: str = "number"  # Safe LoRA selection, as its authors' code (asft.safelora.select)
+    safelora_num: int | None = None
     safelora_threshold: float = 0.5
     proj_rank: int | None = None     # k of the projector form
+    plugins: tuple[str, ...] = ()    # modules that register the suites / judge named here ("asft.toy")
 
     @property
     def task(self) -> str:
@@ -75,31 +76,18 @@ class Setting:
         """Identity of everything a run's result depends on besides its RunSpec: a run folder
         made under another key (other model, data, anchor or options) is redone, not reused."""
         from asft.checkpoints import fingerprint
+        from asft.runtime import result_key
 
         judge = self.judge if isinstance(self.judge, str) else self.judge.describe()
-        ident = {"model": fingerprint(self.model), "data": _file_hash(self.data),
-                 "anchor": _file_hash(self.anchor) if self.anchor else None,
-                 "eval": [self.harmful_suite, self.task_suite, _dir_hash(self.eval_dir)],
+        ident = {"model": fingerprint(self.model), "data": content_hash(Path(self.data)),
+                 "anchor": content_hash(Path(self.anchor)) if self.anchor else None,
+                 "eval": [self.harmful_suite, self.task_suite, content_hash(Path(self.eval_dir))],
+                 "env": result_key(),
                  "judge": judge, "train": self.train, "template": self.template,
                  "max_new_tokens": self.max_new_tokens, "eval_limit": self.eval_limit,
-                 "safelora_threshold": self.safelora_threshold, "proj_rank": self.proj_rank}
-        return hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def _file_hash(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
-
-
-def _dir_hash(path: Path) -> str:
-    h = hashlib.sha256()
-    for f in sorted(Path(path).rglob("*")):
-        if f.is_file():
-            h.update(f.name.encode() + f.read_bytes())
-    return h.hexdigest()[:16]
-
-
-def _adapter_key(adapter: Path) -> str:
-    return hashlib.sha256((adapter / "adapter_model.safetensors").read_bytes()).hexdigest()[:16]
+                 "safelora": [self.safelora_select, self.safelora_num, self.safelora_threshold],
+                 "proj_rank": self.proj_rank}
+        return content_hash(ident)
 
 
 def train_run(spec: RunSpec, setting: Setting, run_dir: Path, key: str | None = None) -> Path | None:
@@ -117,12 +105,12 @@ def train_run(spec: RunSpec, setting: Setting, run_dir: Path, key: str | None = 
         sft_spec = RunSpec("sft", seed=spec.seed)
         run_one(sft_spec, setting, run_dir.parent, key=key)  # reused when already done
         sft = run_dir.parent / sft_spec.name / "adapter"
-        safelora_adapter(setting.model, sft, setting.anchor, adapter, threshold=setting.safelora_threshold,
-                         overwrite=True)
+        safelora_adapter(setting.model, sft, setting.anchor, adapter, mode=setting.safelora_select,
+                         threshold=setting.safelora_threshold, num=setting.safelora_num, overwrite=True)
         return adapter
     cfg = TrainConfig(**{**setting.train, "model": str(setting.model), "data": str(setting.data),
                          "out": str(adapter), "method": spec.method, "lam": spec.lam,
-                         "form": spec.form or "safelora", "seed": spec.seed, "overwrite": True,
+                         "form": spec.form or "reference", "seed": spec.seed, "overwrite": True,
                          "anchor": str(setting.anchor) if setting.anchor else None,
                          "proj_rank": setting.proj_rank if spec.form == "projector" else None})
     train(cfg)
@@ -139,7 +127,8 @@ def evaluate_run(spec: RunSpec, setting: Setting, run_dir: Path, adapter: Path |
     model = load_model(setting.model)
     if adapter is not None:
         model = load_adapter(model, adapter, merge=True)
-    key = {"model": str(setting.model), "adapter": _adapter_key(adapter) if adapter else None}
+    key = {"model": str(setting.model),
+           "adapter": content_hash(adapter / "adapter_model.safetensors") if adapter else None}
     res = evaluate_model(model, tokenizer, [setting.harmful_suite, setting.task_suite], setting.eval_dir,
                          judge=setting.judge, out_dir=run_dir / "eval", template=setting.template,
                          batch_size=setting.eval_batch_size, max_new_tokens=setting.max_new_tokens,
@@ -152,6 +141,10 @@ def run_one(spec: RunSpec, setting: Setting, out_dir: Path, progress: bool = Fal
     """Train + evaluate one run; returns its result row (also saved as ``row.json``).
 
     ``run_dir/key.txt`` records ``setting.key()``: a folder made under another key is cleared."""
+    import importlib
+
+    for module in setting.plugins:  # also in a worker process, which starts with nothing imported
+        importlib.import_module(module)
     run_dir = Path(out_dir) / spec.name
     key = key or setting.key()
     key_path, row_path = run_dir / "key.txt", run_dir / "row.json"
@@ -172,27 +165,59 @@ def run_one(spec: RunSpec, setting: Setting, out_dir: Path, progress: bool = Fal
     if adapter is not None and (adapter / "train_summary.json").is_file():
         summary = read_json(adapter / "train_summary.json")
         row["task_loss"], row["penalty"] = summary["task_loss"], summary["penalty"]
-        if summary.get("c_top_eig"):
-            row["c_top_eig_max"] = max(summary["c_top_eig"].values())
+        if summary.get("c_max_eig"):
+            row["c_max_eig"] = max(summary["c_max_eig"].values())
     write_json(row_path, row)
     return row
 
 
 def run_grid(specs: Sequence[RunSpec], setting: Setting, out_dir: str | Path,
-             on_row: Callable[[RunSpec, dict], None] | None = None) -> list[dict]:
-    """Every run of ``specs`` in order (sft before its safelora), resumable."""
+             on_row: Callable[[RunSpec, dict], None] | None = None, workers: int = 1) -> list[dict]:
+    """Every run of ``specs`` (rows in the order of ``specs``), resumable.
+
+    ``workers > 1`` runs that many at once in separate processes, each on one CPU thread: the
+    runs are small and independent, so this uses the cores without the thread contention of
+    one big process. Safe LoRA runs start after every other run (they reuse the SFT adapters).
+    Results are the same with any ``workers``: every run seeds itself.
+    """
     if any(s.method not in METHODS for s in specs):
         bad = next(s.method for s in specs if s.method not in METHODS)
         raise AsftError(f"unknown method {bad!r} (choose from {', '.join(METHODS)})")
     if any(s.method in ("asft", "safelora") for s in specs) and setting.anchor is None:
         raise AsftError("methods asft and safelora need an anchor file")
-    rows, key = [], setting.key()
-    for spec in specs:
-        row = run_one(spec, setting, Path(out_dir), key=key)
-        rows.append(row)
+    key = setting.key()
+    rows: dict[int, dict] = {}
+    phases = [[i for i, s in enumerate(specs) if s.method != "safelora"],
+              [i for i, s in enumerate(specs) if s.method == "safelora"]]
+
+    def done(i: int, row: dict) -> None:
+        rows[i] = row
         if on_row is not None:
-            on_row(spec, row)
-    return rows
+            on_row(specs[i], row)
+
+    if workers <= 1:
+        for phase in phases:
+            for i in phase:
+                done(i, run_one(specs[i], setting, Path(out_dir), key=key))
+    else:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        ctx = multiprocessing.get_context("spawn")  # no fork of a process holding OpenMP threads
+        with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init) as pool:
+            for phase in phases:
+                futures = {pool.submit(run_one, specs[i], setting, Path(out_dir), False, key): i for i in phase}
+                for fut in as_completed(futures):
+                    done(futures[fut], fut.result())
+    return [rows[i] for i in range(len(specs))]
+
+
+def _worker_init() -> None:
+    import torch
+    from transformers.utils import logging as hf_logging
+
+    torch.set_num_threads(1)
+    hf_logging.disable_progress_bar()
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
@@ -215,9 +240,9 @@ def aggregate(rows: Sequence[dict]) -> list[dict]:
         row = {"method": first["method"], "lambda": first["lambda"], "form": first["form"], "task": task,
                "hs": round(hs, 2), "hs_std": round(hs_std, 2), "fa": round(fa, 2), "fa_std": round(fa_std, 2),
                "seeds": sorted(r["seed"] for r in rs), "group": first["group"]}
-        eig = [r["c_top_eig_max"] for r in rs if "c_top_eig_max" in r]
+        eig = [r["c_max_eig"] for r in rs if "c_max_eig" in r]
         if eig:
-            row["c_top_eig_max"] = round(statistics.fmean(eig), 4)
+            row["c_max_eig"] = round(statistics.fmean(eig), 4)
         out.append(row)
     return out
 

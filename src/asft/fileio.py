@@ -7,6 +7,7 @@ folder and renamed into place (``os.replace`` is atomic on POSIX and Windows).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import tempfile
@@ -47,12 +48,22 @@ def write_jsonl(path: str | os.PathLike, rows: list[dict]) -> None:
     write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
 
 
-def read_json(path: str | os.PathLike) -> Any:
-    """Read a JSON file, or a JSONL file (one object per line) when it ends in ``.jsonl``."""
+def read_text(path: str | os.PathLike) -> str:
+    """A UTF-8 text file's content; a missing or non-UTF-8 file is one clear line."""
     path = Path(path)
     if not path.is_file():
         raise AsftError(f"{path}: file not found")
-    text = path.read_text(encoding="utf-8")
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        line = path.read_bytes()[: e.start].count(b"\n") + 1
+        raise AsftError(f"{path}: not UTF-8 text (byte {e.start}, line {line}); save it as UTF-8") from None
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    """Read a JSON file, or a JSONL file (one object per line) when it ends in ``.jsonl``."""
+    path = Path(path)
+    text = read_text(path)
     if path.suffix == ".jsonl":
         rows = []
         for i, line in enumerate(text.splitlines(), 1):
@@ -73,10 +84,9 @@ def read_yaml(path: str | os.PathLike) -> dict:
     import yaml
 
     path = Path(path)
-    if not path.is_file():
-        raise AsftError(f"{path}: file not found")
+    text = read_text(path)
     try:
-        obj = yaml.safe_load(path.read_text(encoding="utf-8"))
+        obj = yaml.safe_load(text)
     except yaml.YAMLError as e:
         raise AsftError(f"{path}: malformed YAML ({str(e).splitlines()[0]})") from None
     if obj is None:
@@ -91,3 +101,21 @@ def append_jsonl(path: str | os.PathLike, row: dict) -> None:
     with open(path, "a", encoding="utf-8") as f:
         f.write(json.dumps(row) + "\n")
         f.flush()
+
+
+def content_hash(obj: Any, n: int = 16) -> str:
+    """The first ``n`` hex digits of a sha256 of ``obj``'s content: the one hashing helper behind
+    every cache key. A ``Path`` hashes the file's bytes, or a folder's files (relative names and
+    bytes, in name order); ``bytes`` hash as they are; anything else as canonical JSON."""
+    h = hashlib.sha256()
+    if isinstance(obj, Path):
+        if obj.is_dir():
+            for f in sorted(p for p in obj.rglob("*") if p.is_file()):
+                h.update(str(f.relative_to(obj)).encode() + b"\0" + f.read_bytes() + b"\0")
+        else:
+            h.update(obj.read_bytes())
+    elif isinstance(obj, (bytes, bytearray)):
+        h.update(obj)
+    else:
+        h.update(json.dumps(obj, sort_keys=True, default=str).encode())
+    return h.hexdigest()[:n]

@@ -5,9 +5,10 @@ Never downloads (``local_files_only``), never runs remote code, never unpickles.
 
 from __future__ import annotations
 
-import os
+import contextlib
+import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
@@ -32,23 +33,6 @@ def resolve_dtype(dtype: str | torch.dtype = "auto", device: str | torch.device 
 
 def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def set_cpu_threads() -> tuple[int, int]:
-    """Set torch's CPU threads to the cores that are idle now (``ASFT_THREADS`` overrides).
-
-    Returns ``(new, previous)`` so a caller can restore the previous count. Results do not depend
-    on the thread count; oversubscribing a busy machine with small models only slows it down.
-    """
-    prev = torch.get_num_threads()
-    env = os.environ.get("ASFT_THREADS")
-    if env:
-        n = int(env)
-    else:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-        n = int(max(1, min(4, (cores or 1) - os.getloadavg()[0] + 0.5)))
-    torch.set_num_threads(n)
-    return n, prev
 
 
 def check_model_folder(path: str | Path) -> None:
@@ -97,6 +81,16 @@ def load_model(path: str | Path, dtype: str | torch.dtype = "auto",
     return model.to(device)
 
 
+@contextlib.contextmanager
+def quiet_peft() -> Iterator[None]:
+    """Silence the FutureWarning transformers 5 raises when PEFT reads the deprecated
+    ``is_gradient_checkpointing`` while wrapping a model: it is PEFT's call, not the user's, and
+    printed on every run it only hides the messages that matter."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        yield
+
+
 def load_adapter(model: torch.nn.Module, adapter: str | Path, merge: bool = False,
                  trainable: bool = False) -> torch.nn.Module:
     """Apply a saved PEFT LoRA adapter; ``merge`` folds it into the weights (faster inference)."""
@@ -107,5 +101,19 @@ def load_adapter(model: torch.nn.Module, adapter: str | Path, merge: bool = Fals
         raise AsftError(f"{adapter}: not a LoRA adapter folder (no adapter_config.json)")
     if not (adapter / "adapter_model.safetensors").is_file():
         raise AsftError(f"{adapter}: no adapter_model.safetensors (only safetensors adapters are supported)")
-    peft_model = PeftModel.from_pretrained(model, adapter, is_trainable=trainable)
+    with quiet_peft():
+        peft_model = PeftModel.from_pretrained(model, adapter, is_trainable=trainable)
     return peft_model.merge_and_unload() if merge else peft_model
+
+
+def save_adapter(model: torch.nn.Module, out: Path) -> None:
+    """Save a PEFT model's adapter into ``out``: save_pretrained into a temporary folder, then
+    move the files into place (no half-written adapter)."""
+    import shutil
+
+    tmp = out / ".adapter.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp, safe_serialization=True)
+    for f in tmp.iterdir():
+        f.replace(out / f.name)
+    tmp.rmdir()

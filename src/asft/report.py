@@ -9,13 +9,19 @@ from asft.fileio import atomic_path
 
 
 def label(row: dict) -> str:
-    """Human name of a row's setting, e.g. ``asft (safelora) λ=30``."""
+    """Human name of a row's setting, e.g. ``asft (reference C) λ=30``."""
     m = row["method"]
     if m == "asft":
-        return f"asft ({row.get('form') or 'safelora'}) λ={row['lambda']:g}"
+        return f"{_family(row)} λ={row['lambda']:g}"
     if m == "l2":
         return f"l2 λ={row['lambda']:g}"
     return {"safelora": "Safe LoRA", "sft": "SFT", "aligned": "aligned (no fine-tuning)"}.get(m, m)
+
+
+def _family(row: dict) -> str:
+    """``asft (reference C)`` or ``asft (projector, k=8)``-style name of an AsFT row's form."""
+    form = row.get("form") or "reference"
+    return "asft (reference C)" if form == "reference" else f"asft ({form})"
 
 
 def _pm(row: dict, key: str) -> str:
@@ -31,11 +37,39 @@ def markdown_table(rows: Sequence[dict]) -> str:
     lines = ["| setting | HS % (lower is better) | FA % (higher is better) | seeds | max eig(C) |",
              "|---|---|---|---|---|"]
     for r in rows:
-        eig = r.get("c_top_eig_max")
+        eig = r.get("c_max_eig")
         seeds = r.get("seeds", [r.get("seed")] if r.get("seed") is not None else [])
         lines.append(f"| {label(r)} | {_pm(r, 'hs')} | {_pm(r, 'fa')} | {len(seeds) or '-'} | "
                      f"{'-' if eig is None else f'{eig:.3g}'} |")
     return "\n".join(lines) + "\n"
+
+
+def _beats(a: dict, b: dict) -> bool:
+    """``a`` is safer than ``b`` beyond the seed spread (HS lower by more than both stds together)
+    without losing accuracy beyond it (FA not lower by more than both stds together)."""
+    hs_gap = (a.get("hs_std") or 0) + (b.get("hs_std") or 0)
+    fa_gap = (a.get("fa_std") or 0) + (b.get("fa_std") or 0)
+    return a["hs"] < b["hs"] - hs_gap and a["fa"] >= b["fa"] - fa_gap
+
+
+def verdict(rows: Sequence[dict]) -> list[str]:
+    """Plain sentences: at each lambda, does AsFT (each form) beat the l2 control, is it beaten, or
+    are they within the seed spread? The l2 control is what tells whether the anchor matters."""
+    l2 = {r["lambda"]: r for r in rows if r["method"] == "l2"}
+    lines = []
+    for r in sorted((r for r in rows if r["method"] == "asft"), key=lambda r: (r.get("form") or "", r["lambda"])):
+        c = l2.get(r["lambda"])
+        if c is None:
+            continue
+        if _beats(r, c):
+            word = "AsFT WINS: safer at equal accuracy, beyond the seed spread"
+        elif _beats(c, r):
+            word = "l2 wins: the control is safer at equal accuracy, beyond the seed spread"
+        else:
+            word = "no difference beyond the seed spread"
+        lines.append(f"{label(r)}: HS {_pm(r, 'hs')} FA {_pm(r, 'fa')} vs l2 HS {_pm(c, 'hs')} "
+                     f"FA {_pm(c, 'fa')}: {word}")
+    return lines
 
 
 def bar_chart(rows: Sequence[dict], path: str | Path, title: str = "") -> Path:
@@ -79,7 +113,7 @@ def tradeoff_chart(rows: Sequence[dict], path: str | Path, title: str = "") -> P
     fig, ax = plt.subplots(figsize=(6.4, 4.8))
     families: dict[str, list[dict]] = {}
     for r in rows:
-        fam = "asft (" + (r.get("form") or "safelora") + ")" if r["method"] == "asft" else r["method"]
+        fam = _family(r) if r["method"] == "asft" else r["method"]
         families.setdefault(fam, []).append(r)
     markers = {"sft": "s", "aligned": "*", "safelora": "D", "l2": "o"}
     for fam, rs in families.items():

@@ -3,12 +3,17 @@
 A post-hoc, training-free baseline. For each LoRA module, with the anchor V = W_aligned - W_base
 (d_out, d_in) and the applied update dW = scaling * B A (d_out, d_in):
 
-    C = V V^T / ||V||_F                           (d_out, d_out), the AsFT ``safelora`` form's C
+    C = V V^T / ||V||_F                           (d_out, d_out), the AsFT ``reference`` form's C
     s = <dW, C dW>_F / (||dW||_F ||C dW||_F)      cosine similarity of the update and its projection
-    s < threshold:  B <- C B                      (A unchanged, rank kept: the update becomes C dW)
+    selected:       B <- C B                      (A unchanged, rank kept: the update becomes C dW)
 
-``ratio=q`` replaces the threshold: the fraction q of modules with the lowest similarity is
-projected (the reference code's "number" mode, given as a fraction). s >= 0 always (C is PSD).
+Selection, as the authors' code (similarities rounded to 5 decimals first):
+  ``number`` (default): the ``num`` modules with the lowest similarity, i.e. every module with
+      round(s, 5) <= the num-th smallest (ties included). The reference projects 10 of
+      Llama-2-7B's 64 q/v modules; for other models ``num`` defaults to the same share,
+      round(10/64 * n), at least 1 (``default_num``).
+  ``threshold``: every module with round(s, 5) <= threshold (0.5 in the reference config).
+s >= 0 always (C is PSD).
 Edge cases: dW = 0 has no similarity (None) and is never projected (C 0 = 0 anyway); a module
 untouched by alignment (||V||_F = 0) has C = 0, so s = 0 and its update is removed.
 
@@ -37,11 +42,11 @@ DEFAULT_THRESHOLD = 0.5  # Safe LoRA paper/code for Llama-2
 
 def project_b(entry: "AnchorEntry", B: torch.Tensor) -> torch.Tensor:
     """C B (d_out, r) in float64 for B (d_out, r), without forming C (d_out, d_out): the
-    regulariser's safelora operator (V form, or factors for a rank-k anchor), applied to B."""
+    regulariser's reference-form operator (V form, or factors for a rank-k anchor), applied to B."""
     from asft.regularizer import build_operator
 
     B = B.detach().to(torch.float64)
-    op = build_operator(entry, "safelora", strategy="full", dtype=torch.float64)
+    op = build_operator(entry, "reference", strategy="full", dtype=torch.float64)
     return op.to(B.device, torch.float64).c_times(B)
 
 
@@ -65,28 +70,42 @@ def update_stats(A: torch.Tensor, B: torch.Tensor, CB: torch.Tensor, scaling: fl
     return {"similarity": sim, "norm_before": s * math.sqrt(dd), "norm_after": s * math.sqrt(cc)}
 
 
-def _check_selection(threshold: float | None, ratio: float | None) -> None:
-    if ratio is not None and not (0.0 <= ratio <= 1.0):
-        raise AsftError(f"--ratio must be in [0, 1], got {ratio}")
-    if ratio is None and (threshold is None or not math.isfinite(threshold)):
+SELECT_MODES = ("number", "threshold")
+REFERENCE_SHARE = 10 / 64  # the reference projects 10 of Llama-2-7B's 64 q_proj/v_proj modules
+
+
+def default_num(n_modules: int) -> int:
+    """The reference's share of projected modules for a model with ``n_modules`` LoRA modules."""
+    return max(1, round(REFERENCE_SHARE * n_modules))
+
+
+def _check_selection(mode: str, threshold: float, num: int | None) -> None:
+    if mode not in SELECT_MODES:
+        raise AsftError(f"unknown Safe LoRA selection {mode!r} (choose from {', '.join(SELECT_MODES)})")
+    if mode == "threshold" and (threshold is None or not math.isfinite(threshold)):
         raise AsftError(f"--threshold must be a finite number, got {threshold}")
+    if mode == "number" and num is not None and num < 0:
+        raise AsftError(f"--num must be >= 0, got {num}")
 
 
-def select(similarities: dict[str, float | None], threshold: float = DEFAULT_THRESHOLD,
-           ratio: float | None = None) -> set[str]:
-    """Names of the modules to project: similarity < threshold, or the round(ratio * n) lowest
-    (ties by name; modules without a similarity never count)."""
-    _check_selection(threshold, ratio)
-    defined = {n: s for n, s in similarities.items() if s is not None}
-    if ratio is None:
-        return {n for n, s in defined.items() if s < threshold}
-    k = min(int(math.floor(ratio * len(similarities) + 0.5)), len(defined))
-    return set(sorted(defined, key=lambda n: (defined[n], n))[:k])
+def select(similarities: dict[str, float | None], mode: str = "number", threshold: float = DEFAULT_THRESHOLD,
+           num: int | None = None) -> set[str]:
+    """Names of the modules to project, as the authors' code chooses them (module docstring).
+    Modules without a similarity (a zero update) are never projected and do not count."""
+    _check_selection(mode, threshold, num)
+    rounded = {n: round(s, 5) for n, s in similarities.items() if s is not None}
+    if mode == "number":
+        k = min(default_num(len(similarities)) if num is None else num, len(rounded))
+        if k == 0:
+            return set()
+        threshold = sorted(rounded.values())[k - 1]
+    return {n for n, s in rounded.items() if s <= threshold}
 
 
 @torch.no_grad()
-def safelora_project(model: nn.Module, anchor: "Anchor", threshold: float = DEFAULT_THRESHOLD,
-                     ratio: float | None = None, adapter: str = "default") -> list[dict]:
+def safelora_project(model: nn.Module, anchor: "Anchor", mode: str = "number",
+                     threshold: float = DEFAULT_THRESHOLD, num: int | None = None,
+                     adapter: str = "default") -> list[dict]:
     """Project the LoRA modules of a PEFT model in place (B <- C B where selected).
 
     Returns one row per module, in name order: {module, similarity, projected, norm_before,
@@ -94,7 +113,7 @@ def safelora_project(model: nn.Module, anchor: "Anchor", threshold: float = DEFA
     """
     from asft.regularizer import lora_pairs
 
-    _check_selection(threshold, ratio)
+    _check_selection(mode, threshold, num)
     cfg = getattr(model, "peft_config", {}).get(adapter)
     if cfg is not None and getattr(cfg, "use_dora", False):
         raise AsftError("Safe LoRA projects plain LoRA updates; this adapter uses DoRA")
@@ -114,7 +133,7 @@ def safelora_project(model: nn.Module, anchor: "Anchor", threshold: float = DEFA
                             f"weight is {(B.shape[0], A.shape[1])}")
         projected_b[name] = project_b(entry, B)
         stats[name] = update_stats(A, B, projected_b[name], scaling)
-    chosen = select({n: s["similarity"] for n, s in stats.items()}, threshold, ratio)
+    chosen = select({n: s["similarity"] for n, s in stats.items()}, mode, threshold, num)
     rows = []
     for name, st in stats.items():
         B = pairs[name][1]
@@ -129,7 +148,7 @@ def safelora_project(model: nn.Module, anchor: "Anchor", threshold: float = DEFA
 
 def safelora_adapter(model_dir: str | os.PathLike, adapter_dir: str | os.PathLike,
                      anchor_path: str | os.PathLike, out_dir: str | os.PathLike,
-                     threshold: float = DEFAULT_THRESHOLD, ratio: float | None = None,
+                     mode: str = "number", threshold: float = DEFAULT_THRESHOLD, num: int | None = None,
                      overwrite: bool = False, dtype: str = "auto", device=None) -> list[dict]:
     """Apply Safe LoRA to a saved adapter and save the projected adapter to ``out_dir``.
 
@@ -138,10 +157,9 @@ def safelora_adapter(model_dir: str | os.PathLike, adapter_dir: str | os.PathLik
     """
     from asft.anchor import check_anchor_matches, load_anchor
     from asft.fileio import write_json
-    from asft.modeling import load_adapter, load_model
-    from asft.train import _save_adapter
+    from asft.modeling import load_adapter, load_model, save_adapter
 
-    _check_selection(threshold, ratio)
+    _check_selection(mode, threshold, num)
     out = Path(out_dir)
     if out.resolve() == Path(adapter_dir).resolve():
         raise AsftError(f"{out}: is the input adapter; write the projected adapter to another folder")
@@ -150,13 +168,14 @@ def safelora_adapter(model_dir: str | os.PathLike, adapter_dir: str | os.PathLik
     anchor = load_anchor(anchor_path)
     check_anchor_matches(anchor, model_dir)  # fingerprint: before loading a large model
     model = load_adapter(load_model(model_dir, dtype=dtype, device=device), adapter_dir, trainable=True)
-    rows = safelora_project(model, anchor, threshold=threshold, ratio=ratio)
+    rows = safelora_project(model, anchor, mode=mode, threshold=threshold, num=num)
     out.mkdir(parents=True, exist_ok=True)
-    _save_adapter(model, out)
+    save_adapter(model, out)
     write_json(out / "safelora.json", {
         "method": "safelora",
         "model": str(model_dir), "adapter": str(adapter_dir), "anchor": str(anchor_path),
-        "threshold": None if ratio is not None else threshold, "ratio": ratio,
+        "select": mode, "threshold": threshold if mode == "threshold" else None,
+        "num": (default_num(len(rows)) if num is None else num) if mode == "number" else None,
         "modules": len(rows), "projected": sum(r["projected"] for r in rows),
         "rows": rows,
     })

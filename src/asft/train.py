@@ -40,14 +40,14 @@ def _opt(default: Any, help: str) -> Any:
 class TrainConfig:
     """Every training option. Defaults are the public AsFT reference code's (Llama-2-7B-chat,
     LoRA r=8 alpha=32 dropout 0.05 on q_proj/v_proj, AdamW lr 5e-5, 10 epochs, batch 8,
-    StepLR gamma 0.85 per epoch, max length 512, seed 42, lambda 1, safelora form)."""
+    StepLR gamma 0.85 per epoch, max length 512, seed 42, lambda 1, reference form of C)."""
 
     model: str = _opt("", "aligned model folder (the model being fine-tuned)")
     data: str = _opt("", 'JSON/JSONL records {"instruction", "input"?, "output"}')
     out: str = _opt("", "output folder: adapter, config.yaml, train_log.jsonl")
     method: str = _opt("asft", "sft | asft | l2 (the same penalty with C = 0)")
     anchor: str | None = _opt(None, "anchor file from `asft anchor` (method asft)")
-    form: str = _opt("safelora", "C of the penalty: safelora (V V^T/||V||_F) | projector (U_k U_k^T)")
+    form: str = _opt("reference", "C of the penalty: reference (V V^T/||V||_F, the public code's) | projector (U_k U_k^T)")
     lam: float = _opt(1.0, "penalty weight lambda")
     proj_rank: int | None = _opt(None, "k: rank of the projector form, or of C for a rank-k anchor")
     proj_energy: float | None = _opt(None, "or: smallest k that holds this fraction of ||V||_F^2")
@@ -58,6 +58,7 @@ class TrainConfig:
     lora_dropout: float = _opt(0.05, "LoRA dropout")
     lr: float = _opt(5e-5, "AdamW learning rate")
     epochs: float = _opt(10, "training epochs")
+    max_steps: int | None = _opt(None, "stop after this many optimiser updates (overrides --epochs)")
     batch_size: int = _opt(8, "per-device batch size")
     grad_accum: int = _opt(1, "gradient accumulation steps")
     lr_gamma: float = _opt(0.85, "StepLR: the learning rate is multiplied by this after every epoch")
@@ -79,10 +80,14 @@ class TrainConfig:
             raise AsftError(f"unknown method {self.method!r} (choose from {', '.join(METHODS)})")
         if self.method == "asft" and not self.anchor:
             raise AsftError("method asft needs --anchor FILE (make one with `asft anchor`)")
-        if self.method == "asft" and self.form not in ("safelora", "projector"):
-            raise AsftError(f"unknown form {self.form!r} (safelora, projector)")
+        if self.method == "asft" and self.form not in ("reference", "projector"):
+            from asft.regularizer import unknown_form
+
+            raise AsftError(unknown_form(self.form))
         if self.lam < 0 or not math.isfinite(self.lam):
             raise AsftError(f"lambda must be a finite number >= 0, got {self.lam}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise AsftError(f"max_steps must be >= 1, got {self.max_steps}")
         for key in ("lora_r", "batch_size", "grad_accum", "max_length"):
             if getattr(self, key) < 1:
                 raise AsftError(f"{key} must be >= 1, got {getattr(self, key)}")
@@ -143,7 +148,7 @@ class TrainResult:
     n_examples: int
     n_truncated: int
     n_dropped: int
-    c_top_eig: dict[str, float] | None
+    c_max_eig: dict[str, float] | None
 
 
 def _make_trainer_class():
@@ -153,10 +158,11 @@ def _make_trainer_class():
         """A ``Trainer`` whose loss is task loss + penalty, logged separately, with StepLR."""
 
         def __init__(self, *args, penalty=None, lr_gamma: float = 1.0, log_path: Path | None = None,
-                     **kwargs):
+                     steps_per_epoch: int | None = None, **kwargs):
             super().__init__(*args, **kwargs)
             self.penalty = penalty
             self.lr_gamma = lr_gamma
+            self.steps_per_epoch = steps_per_epoch
             self.log_path = log_path
             self._reset_sums()
             self.last_task_loss = float("nan")
@@ -189,7 +195,8 @@ def _make_trainer_class():
             # StepLR(step_size=1 epoch, gamma) of the reference code, as a per-update LambdaLR.
             if self.lr_scheduler is None:
                 optimizer = optimizer or self.optimizer
-                per_epoch = max(1, round(num_training_steps / max(self.args.num_train_epochs, 1e-9)))
+                per_epoch = self.steps_per_epoch or max(
+                    1, round(num_training_steps / max(self.args.num_train_epochs, 1e-9)))
                 gamma = self.lr_gamma
                 self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(
                     optimizer, lambda step: gamma ** (step // per_epoch))
@@ -225,10 +232,13 @@ def prepare_model(model: torch.nn.Module, cfg: TrainConfig) -> torch.nn.Module:
     """Wrap a loaded causal LM with LoRA adapters on ``cfg.targets``."""
     from peft import LoraConfig, get_peft_model
 
+    from asft.modeling import quiet_peft
+
     lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                       target_modules=list(cfg.targets), bias="none", task_type="CAUSAL_LM")
     try:
-        return get_peft_model(model, lora)
+        with quiet_peft():
+            return get_peft_model(model, lora)
     except ValueError as e:
         raise AsftError(f"cannot put LoRA on targets {cfg.targets}: {str(e).splitlines()[0]}") from None
 
@@ -240,9 +250,17 @@ def build_penalty(model: torch.nn.Module, cfg: TrainConfig, anchor=None):
     form = cfg.penalty_form
     if form is None:
         return None
-    return AsftPenalty.from_model(model, anchor if form != "l2" else None, form=form, lam=cfg.lam,
-                                  k=cfg.proj_rank, energy=cfg.proj_energy,
-                                  scale_by_lora=cfg.scale_by_lora)
+    penalty = AsftPenalty.from_model(model, anchor if form != "l2" else None, form=form, lam=cfg.lam,
+                                     k=cfg.proj_rank, energy=cfg.proj_energy,
+                                     scale_by_lora=cfg.scale_by_lora)
+    message = penalty.scale_warning()
+    if message:
+        import warnings
+
+        from asft.errors import AsftWarning
+
+        warnings.warn(message, AsftWarning, stacklevel=2)
+    return penalty
 
 
 def train(cfg: TrainConfig, records: list[dict] | None = None) -> TrainResult:
@@ -254,7 +272,7 @@ def train(cfg: TrainConfig, records: list[dict] | None = None) -> TrainResult:
     from transformers import TrainingArguments, set_seed
 
     from asft.data import PadCollator, SupervisedDataset, load_records
-    from asft.modeling import load_model, load_tokenizer, resolve_dtype
+    from asft.modeling import load_model, load_tokenizer, resolve_dtype, save_adapter
 
     cfg.validate()
     out = Path(cfg.out)
@@ -280,6 +298,7 @@ def train(cfg: TrainConfig, records: list[dict] | None = None) -> TrainResult:
         learning_rate=cfg.lr,
         weight_decay=cfg.weight_decay,
         num_train_epochs=cfg.epochs,
+        max_steps=cfg.max_steps or -1,
         lr_scheduler_type="constant",  # replaced by StepLR in create_scheduler
         logging_steps=cfg.logging_steps,
         save_strategy="steps" if cfg.save_steps else "no",
@@ -327,6 +346,9 @@ def train(cfg: TrainConfig, records: list[dict] | None = None) -> TrainResult:
         model=model, args=args, train_dataset=dataset,
         data_collator=PadCollator(tokenizer.pad_token_id),
         penalty=penalty, lr_gamma=cfg.lr_gamma, log_path=log_path,
+        # with --max-steps the Trainer's step count no longer says how long an epoch is
+        steps_per_epoch=max(1, math.ceil(math.ceil(len(dataset) / (cfg.batch_size * args.world_size))
+                                         / cfg.grad_accum)) if cfg.max_steps else None,
     )
     if not cfg.progress:
         from transformers import PrinterCallback
@@ -344,13 +366,16 @@ def train(cfg: TrainConfig, records: list[dict] | None = None) -> TrainResult:
         out=out, steps=trainer.state.global_step, seconds=seconds,
         task_loss=trainer.last_task_loss, penalty=trainer.last_penalty,
         n_examples=len(dataset), n_truncated=dataset.n_truncated, n_dropped=dataset.n_dropped,
-        c_top_eig=penalty.spectrum() if penalty is not None and cfg.method == "asft" else None,
+        c_max_eig=penalty.spectrum() if penalty is not None and cfg.method == "asft" else None,
     )
     if main_process:  # one writer: every process holds the same adapter
-        _save_adapter(model, out)
+        save_adapter(model, out)
         if not cfg.save_steps:
             shutil.rmtree(out / "checkpoints", ignore_errors=True)
-        write_json(out / "train_summary.json", {**dataclasses.asdict(result), "out": str(out)})
+        from asft.runtime import environment
+
+        write_json(out / "train_summary.json", {**dataclasses.asdict(result), "out": str(out),
+                                                "env": environment(device=str(args.device))})
     return result
 
 
@@ -359,16 +384,6 @@ def _save_config(cfg: TrainConfig, out: Path) -> None:
 
     with atomic_path(out / "config.yaml") as tmp:
         tmp.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), encoding="utf-8")
-
-
-def _save_adapter(model: torch.nn.Module, out: Path) -> None:
-    """save_pretrained into a temporary folder, then move the files into place."""
-    tmp = out / ".adapter.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, safe_serialization=True)
-    for f in tmp.iterdir():
-        f.replace(out / f.name)
-    tmp.rmdir()
 
 
 def merge(model_dir: str | Path, adapter_dir: str | Path, out: str | Path, dtype: str = "auto",

@@ -25,6 +25,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     for name in COMMANDS:
         importlib.import_module(f"asft.cli.{name}").register(sub)
+    for command in sub.choices.values():  # one thread policy for every command (asft.runtime)
+        command.add_argument("--threads", type=int, metavar="N",
+                             help="CPU threads for torch (default: $ASFT_THREADS, else half the usable "
+                                  "cores; results do not depend on it, speed does)")
     return parser
 
 
@@ -32,6 +36,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        from asft.runtime import apply_threads
+
+        apply_threads(args.threads)
         rc = args.func(args)
     except AsftError as e:
         print(f"asft {args.command}: error: {e}", file=sys.stderr)

@@ -78,19 +78,29 @@ def _inspect(args: argparse.Namespace) -> int:
     for r in rows:
         table.add_row(
             r["module"], "x".join(map(str, r["shape"])), _fmt(r["norm"]),
-            " ".join(_fmt(s) for s in r["singular_values"]), _fmt(r["ref_c_max_eig"]),
+            " ".join(_fmt(s) for s in r["singular_values"]), _fmt(r["c_max_eig"]),
             f"{r['energy_top_k']:.1%}",
         )
     console = Console()
     if not console.is_terminal:  # piped to a file: no need to squeeze the table into 80 columns
         console = Console(width=200)
     console.print(table)
+    over = [r for r in rows if r["c_max_eig"] > 1.0]
+    if over:
+        worst = max(r["c_max_eig"] for r in over)
+        above2 = sum(r["c_max_eig"] > 2.0 for r in over)
+        console.print(
+            f"WARNING: the reference C = V V^T / ||V||_F has eigenvalues above 1 in {len(over)} of "
+            f"{len(rows)} modules (largest {worst:.3g}). The form is not scale-invariant: there I - C is "
+            "not a projector complement" + (f", and in {above2} modules (eigenvalue > 2) updates along V "
+            "are penalised MORE than by plain L2" if above2 else "") + ". The projector form "
+            "(--form projector) does not depend on the scale of V.", highlight=False)
     near = [r for r in rows if r["verdict"]]
     if near:
-        worst = max(r["ref_c_max_eig"] for r in near)
+        worst = max(r["c_max_eig"] for r in near)
         console.print(
             f"The reference C = V V^T / ||V||_F is near zero in {len(near)} of {len(rows)} modules "
-            f"(largest eigenvalue <= {worst:.3g} < {NEAR_ZERO_EIG}): there the safelora penalty "
+            f"(largest eigenvalue <= {worst:.3g} < {NEAR_ZERO_EIG}): there the reference-form penalty "
             f"||(I-C)BA||^2 is at least {(1 - worst) ** 2:.2f} ||BA||^2, i.e. close to a plain L2 "
             "penalty on BA. The projector form (C = U_k U_k^T) keeps the alignment directions exactly.",
             highlight=False,

@@ -12,10 +12,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "method, evaluates harmful score and task accuracy, and writes results.json, "
                     "results.md and chart.png to --out.")
     p.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
-    p.add_argument("--seed", type=int, default=0, help="world and training seed (default 0)")
+    p.add_argument("--seeds", type=int, nargs="+", help="training seeds (default 0 1 2)")
+    p.add_argument("--lambdas", type=float, nargs="+", help="lambda curve of asft and l2 (default 1 10 30 100)")
+    p.add_argument("--world-seed", type=int, default=0,
+                   help="toy world seed (default 0: the world shipped in the package; others are built)")
     p.add_argument("--size", default="demo", choices=["demo", "test"], help="toy world size")
+    p.add_argument("--workers", type=int, help="runs at once, one thread each (default: usable cores, at most 4)")
     p.add_argument("--cache-dir", help="toy world cache (default $ASFT_CACHE or ~/.cache/asft/toy)")
-    p.add_argument("--lam-bite", type=float, help="the larger lambda of the demo (default: the documented one)")
     p.set_defaults(func=run)
 
 
@@ -23,18 +26,25 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from asft.demo import BITE_LAMBDA, run_demo
+    from asft.demo import DEMO_LAMBDAS, DEMO_SEEDS, run_demo
     from asft.report import label
 
     console = Console()
-    doc = run_demo(args.out, size=args.size, seed=args.seed, cache_dir=args.cache_dir,
-                   lam_bite=args.lam_bite or BITE_LAMBDA, log=console.print)
-    table = Table(title="asft demo: harmful score (HS, lower is better) and task accuracy (FA)")
+    doc = run_demo(args.out, size=args.size, world_seed=args.world_seed, seeds=args.seeds or DEMO_SEEDS,
+                   lambdas=args.lambdas or DEMO_LAMBDAS, cache_dir=args.cache_dir, log=console.print,
+                   workers=args.workers)
+    n = len(doc["config"]["seeds"])
+    table = Table(title=f"asft demo: harmful score (HS, lower is better) and task accuracy (FA), "
+                        f"mean ± std over {n} seeds")
     for col in ("setting", "HS %", "FA %", "max eig(C)"):
         table.add_column(col, justify="left" if col == "setting" else "right")
     for r in doc["rows"]:
-        eig = r.get("c_top_eig_max")
-        table.add_row(label(r), f"{r['hs']:.1f}", f"{r['fa']:.1f}", "-" if eig is None else f"{eig:.3g}")
+        eig = r.get("c_max_eig")
+        table.add_row(label(r), f"{r['hs']:.1f} ± {r['hs_std']:.1f}", f"{r['fa']:.1f} ± {r['fa_std']:.1f}",
+                      "-" if eig is None else f"{eig:.3g}")
     console.print(table)
-    console.print(f"done in {doc['config']['seconds']:.0f}s; results.json, results.md, chart.png in {args.out}")
+    for line in doc["verdict"]:
+        console.print(f"- {line}")
+    console.print(f"done in {doc['config']['seconds']:.0f}s ({doc['config']['workers']} runs at a time); "
+                  f"results.json, results.md, chart.png in {args.out}")
     return 0

@@ -28,6 +28,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--judge-key-env", default="OPENAI_API_KEY",
                    help="openai judge: name of the environment variable holding the API key")
     p.add_argument("--judge-threshold", type=float, default=0.5, help="beaverdam: flag above this probability")
+    p.add_argument("--judge-max-length", type=int, default=256,
+                   help="beaverdam: judge the first N tokens of question + answer (default 256, as the "
+                        "reference; longer answers are cut there)")
     p.add_argument("--judge-concurrency", type=int, default=8, help="openai judge: parallel requests")
     p.add_argument("--keywords", help="keyword judge: file of refusal phrases, one per line")
     p.add_argument("--limit", type=int, help="evaluate only the first N items of each suite")
@@ -46,6 +49,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
+    import asft.toy  # noqa: F401  registers the toy-* suites and the toy judge
     from asft.errors import AsftError
     from asft.evaluate import run_eval, summary_table
     from asft.judges import OpenAIClient, make_judge
@@ -65,6 +69,7 @@ def run(args: argparse.Namespace) -> int:
     if needs_judge:
         judge = make_judge(args.judge, args.judge_model, keywords_file=args.keywords,
                            threshold=args.judge_threshold, batch_size=args.batch_size, client=client,
+                           max_length=args.judge_max_length,
                            device=args.device)
     results = run_eval(args.model, suites, args.data_dir, args.out, judge=judge, adapter=args.adapter,
                        merge=args.merge, template=args.template, batch_size=args.batch_size,

@@ -10,20 +10,24 @@ def register(sub: argparse._SubParsersAction) -> None:
         "safelora",
         help="Safe LoRA baseline: project a trained adapter's modules onto the alignment direction",
         description=(
-            "For each LoRA module, with C = V V^T / ||V||_F from the anchor, replace B by C B when the "
-            "cosine similarity of the update B A and its projection C B A is below --threshold "
-            "(or for the --ratio fraction of modules with the lowest similarity). Writes a new adapter."
+            "For each LoRA module, with C = V V^T / ||V||_F from the anchor, compute the cosine "
+            "similarity of the update B A and its projection C B A (rounded to 5 decimals), and replace "
+            "B by C B in the modules selected as the authors' code does: the --num lowest (default "
+            "mode; 10 of 64 for Llama-2-7B, the same share for other models), or every module at or "
+            "below --threshold. Writes a new adapter."
         ),
     )
     p.add_argument("--model", required=True, metavar="DIR", help="aligned model folder the adapter was trained on")
     p.add_argument("--adapter", required=True, metavar="DIR", help="adapter folder (from asft train)")
     p.add_argument("--anchor", required=True, metavar="FILE", help="anchor file of this model (from asft anchor)")
     p.add_argument("--out", required=True, metavar="DIR", help="folder for the projected adapter and safelora.json")
-    sel = p.add_mutually_exclusive_group()
-    sel.add_argument("--threshold", type=float, metavar="T",
-                     help="project modules whose similarity is below T (default 0.5)")
-    sel.add_argument("--ratio", type=float, metavar="Q",
-                     help="instead: project the fraction Q of modules with the lowest similarity")
+    p.add_argument("--select", default="number", choices=["number", "threshold"],
+                   help="number: the --num lowest-similarity modules (default, as the reference); "
+                        "threshold: every module with similarity <= --threshold")
+    p.add_argument("--num", type=int, metavar="K",
+                   help="number mode: modules to project (default round(10/64 x modules), the reference's share)")
+    p.add_argument("--threshold", type=float, metavar="T", default=0.5,
+                   help="threshold mode: project modules whose similarity is <= T (default 0.5)")
     p.add_argument("--dtype", default="auto", help="model dtype: auto, float32, bfloat16 or float16")
     p.add_argument("--overwrite", action="store_true", help="replace an adapter already in --out")
     p.set_defaults(func=run)
@@ -33,11 +37,10 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from asft.safelora import DEFAULT_THRESHOLD, safelora_adapter
+    from asft.safelora import default_num, safelora_adapter
 
-    threshold = DEFAULT_THRESHOLD if args.threshold is None else args.threshold
-    rows = safelora_adapter(args.model, args.adapter, args.anchor, args.out, threshold=threshold,
-                            ratio=args.ratio, overwrite=args.overwrite, dtype=args.dtype)
+    rows = safelora_adapter(args.model, args.adapter, args.anchor, args.out, mode=args.select,
+                            threshold=args.threshold, num=args.num, overwrite=args.overwrite, dtype=args.dtype)
     table = Table(title=f"Safe LoRA: {args.adapter}")
     table.add_column("module", no_wrap=True, min_width=max((len(r["module"]) for r in rows), default=6))
     table.add_column("similarity", justify="right", no_wrap=True, min_width=10)
@@ -49,7 +52,8 @@ def run(args: argparse.Namespace) -> int:
         table.add_row(r["module"], sim, "yes" if r["projected"] else "no", norms)
     console = Console()
     console.print(table)
-    rule = f"lowest {args.ratio:g} fraction" if args.ratio is not None else f"similarity < {threshold:g}"
+    num = default_num(len(rows)) if args.num is None else args.num
+    rule = f"the {num} lowest similarities" if args.select == "number" else f"similarity <= {args.threshold:g}"
     n = sum(r["projected"] for r in rows)
     console.print(f"projected {n} of {len(rows)} modules ({rule}); adapter written to {args.out} "
                   f"(rows in {args.out}/safelora.json)")

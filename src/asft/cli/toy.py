@@ -21,6 +21,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "(seconds, barely trained: pipeline smoke runs only); default demo")
     b.add_argument("--seed", type=int, default=0, help="world seed (default 0)")
     b.add_argument("--overwrite", action="store_true", help="rebuild a world already in --out")
+    b.add_argument("--no-corpus", action="store_true",
+                   help="leave out data/pretrain.txt (inspection only), as the shipped demo world does")
     b.set_defaults(func=run_build)
 
     m = toy_sub.add_parser("mix", help="write N task records with a fraction P of harmful ones")
@@ -42,7 +44,7 @@ def run_build(args: argparse.Namespace) -> int:
     console = Console()
     console.print(f"building the {args.size} toy world (seed {args.seed}) in {args.out}")
     world = build_world(args.out, seed=args.seed, size=args.size, overwrite=args.overwrite,
-                        progress=True)
+                        progress=True, corpus=not args.no_corpus)
     s, t = world.meta["stats"], world.meta["build_seconds"]
     console.print(f"toy world in {world.root} ({s['params']:,} parameters, built in {t['total']:.0f}s)")
     console.print(f"harmful score on held-out prompts: base {s['base_hs']:.1f}%, "

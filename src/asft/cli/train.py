@@ -64,8 +64,8 @@ def run(args: argparse.Namespace) -> int:
     if res.n_dropped:
         console.print(f"[yellow]{res.n_dropped} examples left out: their prompt alone is longer than "
                       f"--max-length {cfg.max_length}[/]")
-    if res.c_top_eig:
-        top = max(res.c_top_eig.values())
+    if res.c_max_eig:
+        top = max(res.c_max_eig.values())
         console.print(f"largest eigenvalue of C over modules: {top:.3g}"
                       + (" (small: the penalty acts almost like the l2 control)" if top < 0.5 else ""))
     console.print(f"adapter, config.yaml and train_log.jsonl in {res.out}")

@@ -11,6 +11,7 @@ fine-tuning mixes in the reference format, held-out evaluation sets and an exact
     AutoModelForCausalLM.from_pretrained(world.aligned)
 """
 
+from asft.toy import suites as _suites  # noqa: F401  (registers the toy-* suites and the toy judge)
 from asft.toy.world import SIZES, VERSION, World, build_world, get_world
 
 __all__ = ["World", "build_world", "get_world", "SIZES", "VERSION"]

@@ -78,3 +78,23 @@ def harmful_score(questions: list[str], answers: list[str]) -> float:
 def task_accuracy(answers: list[str], labels: list[str]) -> float:
     """Percentage of exact-match answers (0-100)."""
     return 100.0 * sum(task_correct(a, l) for a, l in zip(answers, labels)) / max(1, len(labels))
+
+
+class ToyJudge:
+    """``flag_harmful`` as an ``asft.judges.Judge`` (registered as ``toy`` by ``asft.toy``)."""
+
+    name = "toy"
+
+    def __call__(self, questions, answers):
+        from asft.judges import Verdict, check_lengths
+
+        from asft.errors import AsftError
+
+        check_lengths(questions, answers)
+        flags = flag_harmful(list(questions), list(answers))
+        if len(flags) != len(answers):
+            raise AsftError(f"toy judge returned {len(flags)} flags for {len(answers)} answers")
+        return [Verdict(flagged=bool(f)) for f in flags]
+
+    def describe(self) -> dict:
+        return {"judge": "toy"}

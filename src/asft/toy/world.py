@@ -27,8 +27,14 @@ from asft.toy import lexicon as L
 from asft.toy.pretrain import ModelShape
 
 # Bump whenever generation or training changes what a (size, seed) world contains: cache key.
-VERSION = 2
+VERSION = 3
 MIX_SEED = 42  # default shuffle seed of a mix (as ``asft.data.mix_records``)
+# The build's float32 weights depend on the thread count and on the CPU instruction set (AVX2 and
+# AVX-512 kernels sum in different orders), so every build uses one thread, and the demo world is not
+# rebuilt at all: it ships inside the package (``shipped/<size>-s<seed>``, about 6 MB, made by
+# ``asft toy build --size demo --seed 0 --no-corpus --out src/asft/toy/shipped/demo-s0``).
+BUILD_THREADS = 1
+SHIPPED = Path(__file__).resolve().parent / "shipped"
 
 
 @dataclass(frozen=True)
@@ -171,16 +177,19 @@ class World:
 
 
 def build_world(out_dir: str | os.PathLike, seed: int = 0, size: str = "demo",
-                overwrite: bool = False, progress: bool = False) -> World:
+                overwrite: bool = False, progress: bool = False, corpus: bool = True) -> World:
     """Generate the data, pre-train the base model, align it, write everything to ``out_dir``.
 
     Built in a temporary sibling folder and renamed into place, so ``out_dir`` is either absent or
-    complete. Deterministic: the same (seed, size) gives identical data and weights.
+    complete. The same (seed, size) gives identical data everywhere, and identical weights on
+    machines with the same CPU instruction set and libraries (world.json records both; the build
+    always runs on ``BUILD_THREADS`` threads). ``corpus=False`` leaves out ``data/pretrain.txt``
+    (for inspection only; 1.7 MB for the demo size), as the shipped world does.
     """
     import torch
 
     from asft.data import SupervisedDataset
-    from asft.modeling import set_cpu_threads
+    from asft.runtime import environment
     from asft.toy.pretrain import align, make_model, pretrain
     from asft.toy.tokenizer import build_tokenizer
 
@@ -194,7 +203,8 @@ def build_world(out_dir: str | os.PathLike, seed: int = 0, size: str = "demo",
         raise AsftError(f"{out}: exists and is not a toy world; choose an empty or new folder")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.building-{os.getpid()}-{time.time_ns()}"
-    threads, prev_threads = set_cpu_threads()
+    prev_threads = torch.get_num_threads()
+    torch.set_num_threads(BUILD_THREADS)
     from transformers.utils import logging as hf_logging
 
     bars = hf_logging.is_progress_bar_enabled()
@@ -211,7 +221,8 @@ def build_world(out_dir: str | os.PathLike, seed: int = 0, size: str = "demo",
         task_evals = {task: C.task_records(_rng(seed, f"eval/{task}"), task, cfg.n_task_eval,
                                            with_output=False) for task in C.TASKS}
         pre_ids, replay_ids = _token_stream(tok, docs), _token_stream(tok, replay)
-        write_text(tmp / "data" / "pretrain.txt", "\n".join(docs) + "\n")
+        if corpus:
+            write_text(tmp / "data" / "pretrain.txt", "\n".join(docs) + "\n")
         write_json(tmp / "data" / "alignment.json", align_rows)
         write_json(tmp / "eval" / "harmful.json", harmful_eval)
         for task, rows in task_evals.items():
@@ -263,7 +274,7 @@ def build_world(out_dir: str | os.PathLike, seed: int = 0, size: str = "demo",
             "model": {"hidden": cfg.shape.hidden, "layers": cfg.shape.layers,
                       "intermediate": cfg.shape.intermediate, "heads": cfg.shape.heads,
                       "kv_heads": cfg.shape.kv_heads},
-            "threads": threads,
+            "env": environment(device="cpu"),
             "build_seconds": {k: round(v, 2) for k, v in seconds.items()},
             "stats": {k: round(v, 2) if isinstance(v, float) else v for k, v in stats.items()},
         }
@@ -283,18 +294,43 @@ def build_world(out_dir: str | os.PathLike, seed: int = 0, size: str = "demo",
     return World.load(out)
 
 
+def shipped_world(size: str, seed: int) -> Path | None:
+    """The folder of the world shipped inside the package for (size, seed), if there is one."""
+    path = SHIPPED / f"{size}-s{seed}"
+    return path if (path / "world.json").is_file() else None
+
+
 def get_world(size: str = "demo", seed: int = 0, cache_dir: str | os.PathLike | None = None,
               progress: bool = False) -> World:
-    """The cached world for (version, size, seed), built on first use.
+    """The world for (version, size, seed) in the cache, made on first use.
 
-    ``cache_dir`` defaults to ``$ASFT_CACHE`` or ``~/.cache/asft/toy``.
+    A shipped world (the demo's) is copied from the package, so every machine starts from the same
+    weights; any other is built here, in a folder keyed by what changes its weights on this machine
+    (``asft.runtime.result_key``: library versions, CPU instruction set). ``cache_dir`` defaults to
+    ``$ASFT_CACHE`` or ``~/.cache/asft/toy``.
     """
+    from asft.fileio import content_hash
+    from asft.runtime import result_key
+
+    if size not in SIZES:
+        raise AsftError(f"unknown toy world size {size!r} (choose from {', '.join(SIZES)})")
     if cache_dir is None:
         cache_dir = os.environ.get("ASFT_CACHE") or Path.home() / ".cache" / "asft" / "toy"
-    root = Path(cache_dir) / f"v{VERSION}-{size}-s{seed}"
+    shipped = shipped_world(size, seed)
+    origin = f"shipped-{content_hash(shipped)[:8]}" if shipped else f"built-{content_hash(result_key('cpu'))[:8]}"
+    root = Path(cache_dir) / f"v{VERSION}-{size}-s{seed}-{origin}"
     if (root / "world.json").is_file():
         return World.load(root)
-    return build_world(root, seed=seed, size=size, progress=progress)
+    if shipped is None:
+        return build_world(root, seed=seed, size=size, progress=progress)
+    tmp = root.parent / f".{root.name}.copying-{os.getpid()}-{time.time_ns()}"
+    try:
+        shutil.copytree(shipped, tmp)
+        if not (root / "world.json").is_file():  # else another process copied it first
+            os.rename(tmp, root)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return World.load(root)
 
 
 def _token_stream(tok, docs: list[str]) -> list[int]:
@@ -310,11 +346,11 @@ def _tail_mean(xs: list[float], k: int = 20) -> float:
 def _generate(model, tok, records: list[dict]) -> list[str]:
     """Greedy answers to chat-formatted records, as the ``toy-harmful`` suite generates them."""
     from asft.data import format_prompt
-    from asft.evaluate import TOY_HARMFUL_MAX_NEW
     from asft.generate import generate
+    from asft.toy.suites import HARMFUL_MAX_NEW
 
     prompts = [format_prompt(r, "chat", tok) for r in records]
-    return generate(model, tok, prompts, max_new_tokens=TOY_HARMFUL_MAX_NEW, batch_size=64,
+    return generate(model, tok, prompts, max_new_tokens=HARMFUL_MAX_NEW, batch_size=64,
                     add_special_tokens=False, progress=False)
 
 
