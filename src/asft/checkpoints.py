@@ -96,6 +96,10 @@ class ModelFolder:
             raise AsftError(f"{self.path}: model folder not found")
         cfg = self.path / "config.json"
         if not cfg.is_file():
+            gguf = sorted(self.path.glob("*.gguf"))
+            if gguf:
+                raise AsftError(f"{self.path}: holds a GGUF file ({gguf[0].name}), not a Hugging Face model "
+                                f"folder; convert it with `asft import-gguf {gguf[0]} --out DIR`")
             raise AsftError(f"{self.path}: no config.json (not a Hugging Face model folder)")
         self.config: dict = read_json(cfg)
         if not isinstance(self.config, dict):

@@ -57,6 +57,17 @@ def load_records(path: str | Path, require_output: bool = True) -> list[dict]:
     return rows
 
 
+def check_template(tokenizer: Any, template: str, where: str | None = None) -> None:
+    """Refuse, before any model is loaded, a template the tokenizer cannot serve: 'chat' needs the
+    tokenizer's own chat template, which pre-trained (non-chat) models do not have."""
+    if template not in TEMPLATES:
+        raise AsftError(f"unknown template {template!r} (choose from {', '.join(TEMPLATES)})")
+    if template == "chat" and (tokenizer is None or not getattr(tokenizer, "chat_template", None)):
+        name = where or getattr(tokenizer, "name_or_path", None) or "the tokenizer"
+        raise AsftError(f"{name}: template 'chat' needs a chat template and this tokenizer has none "
+                        "(a pre-trained model, not a chat model?); use --template alpaca")
+
+
 def format_prompt(record: dict, template: str = "alpaca", tokenizer: Any = None,
                   system: str | None = None) -> str:
     """The prompt text the model sees before its response (generation starts right after it)."""
@@ -71,8 +82,7 @@ def format_prompt(record: dict, template: str = "alpaca", tokenizer: Any = None,
         body = f"{instruction}\n\n{inp}" if inp else instruction
         return f"[INST] <<SYS>>\n{system or LLAMA2_SYSTEM}\n<</SYS>>\n\n{body} [/INST] "
     if template == "chat":
-        if tokenizer is None or not getattr(tokenizer, "chat_template", None):
-            raise AsftError("template 'chat' needs a tokenizer with a chat template")
+        check_template(tokenizer, template)
         body = f"{instruction}\n\n{inp}" if inp else instruction
         messages = ([{"role": "system", "content": system}] if system else []) + [
             {"role": "user", "content": body}]

@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from asft import metrics
-from asft.data import TEMPLATES, format_prompt
+from asft.data import check_template, format_prompt
 from asft.errors import AsftError
 from asft.fileio import append_jsonl, content_hash, read_json, write_json, write_jsonl, write_text
 from asft.judges import Judge, OpenAIClient, load_judge_prompts, make_judge, rate_answers
@@ -315,8 +315,7 @@ def evaluate(make_generate: Callable[[], GenerateFn], tokenizer: Any, suites: Se
     """
     if isinstance(judge, str):
         judge = make_judge(judge)
-    if template not in TEMPLATES:
-        raise AsftError(f"unknown template {template!r} (choose from {', '.join(TEMPLATES)})")
+    check_template(tokenizer, template)  # before any model is loaded
     if not suites:
         raise AsftError("no suites to evaluate")
     if data_dir is None:
@@ -421,8 +420,7 @@ def run_eval(model_dir: str | Path, suites: Sequence[str], data_dir: str | Path,
     if engine not in ("hf", "vllm"):
         raise AsftError(f"unknown engine {engine!r} (choose hf or vllm)")
     model_dir = Path(model_dir)
-    if not (model_dir / "config.json").is_file():
-        raise AsftError(f"{model_dir}: not a model folder (no config.json)")
+    modeling.check_model_folder(model_dir)  # one line for a missing folder, a GGUF file, no weights
     if adapter and not (Path(adapter) / "adapter_config.json").is_file():
         raise AsftError(f"{adapter}: not a LoRA adapter folder (no adapter_config.json)")
     model_key = {"model": folder_identity(model_dir), "adapter": folder_identity(adapter) if adapter else None,

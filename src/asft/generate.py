@@ -14,7 +14,6 @@ An optional vLLM back end (``VLLMGenerator``, ``--engine vllm``) takes the same 
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -70,34 +69,6 @@ def _cut_at_eos(ids: list[int], stop: set[int]) -> list[int]:
     return ids
 
 
-class _Progress:
-    """A rich progress bar showing prompts/s (or nothing when disabled)."""
-
-    def __init__(self, total: int, desc: str, enabled: bool):
-        self.bar = None
-        self.start = time.perf_counter()
-        if enabled and total:
-            from rich.console import Console
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-            self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                TimeElapsedColumn(), TextColumn("{task.fields[rate]}"),
-                                console=Console(stderr=True))
-            self.task = self.bar.add_task(desc, total=total, rate="")
-            self.bar.start()
-        self.done = 0
-
-    def advance(self, n: int) -> None:
-        self.done += n
-        if self.bar is not None:
-            rate = self.done / max(time.perf_counter() - self.start, 1e-9)
-            self.bar.update(self.task, advance=n, rate=f"{rate:.2f} prompts/s")
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.stop()
-
-
 def generate(model: Any, tokenizer: Any, prompts: Sequence[str], max_new_tokens: int = 256,
              batch_size: int = 16, add_special_tokens: bool = True, *, eos_token_id: int | list[int] | None = None,
              on_batch: OnBatch | None = None, progress: bool = True, desc: str = "generating") -> list[str]:
@@ -124,7 +95,9 @@ def generate(model: Any, tokenizer: Any, prompts: Sequence[str], max_new_tokens:
     # Longest first: an out-of-memory error shows up in the first batch, not after an hour.
     order = sorted(range(len(prompts)), key=lambda i: -len(encoded[i]))
     results: list[str | None] = [None] * len(prompts)
-    bar = _Progress(len(prompts), desc, progress)
+    from asft.progress import Progress
+
+    bar = Progress(len(prompts), desc, "prompts", enabled=progress)
     was_training = model.training
     model.eval()
     try:

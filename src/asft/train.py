@@ -271,8 +271,9 @@ def train(cfg: TrainConfig, records: list[dict] | None = None) -> TrainResult:
     """
     from transformers import TrainingArguments, set_seed
 
-    from asft.data import PadCollator, SupervisedDataset, load_records
-    from asft.modeling import load_model, load_tokenizer, resolve_dtype, save_adapter
+    from asft.data import PadCollator, SupervisedDataset, check_template, load_records
+    from asft.progress import plain_output, trainer_callback
+    from asft.modeling import check_model_folder, load_model, load_tokenizer, resolve_dtype, save_adapter
 
     cfg.validate()
     out = Path(cfg.out)
@@ -308,7 +309,7 @@ def train(cfg: TrainConfig, records: list[dict] | None = None) -> TrainResult:
         bf16=(dtype == torch.bfloat16),
         fp16=(dtype == torch.float16),
         report_to=[],
-        disable_tqdm=not cfg.progress,
+        disable_tqdm=not cfg.progress or plain_output(),  # a log file gets plain lines instead
         remove_unused_columns=False,
         dataloader_num_workers=0,
         optim="adamw_torch",
@@ -323,8 +324,10 @@ def train(cfg: TrainConfig, records: list[dict] | None = None) -> TrainResult:
         anchor = load_anchor(cfg.anchor, device=args.device)
         check_anchor_matches(anchor, cfg.model)
 
-    model = load_model(cfg.model, dtype=dtype, device=args.device)
+    check_model_folder(cfg.model)  # cheap checks first: folder, weights, tokenizer, template
     tokenizer = load_tokenizer(cfg.model)
+    check_template(tokenizer, cfg.template, where=cfg.model)
+    model = load_model(cfg.model, dtype=dtype, device=args.device)
     if cfg.gradient_checkpointing:  # renamed in transformers 5; the old name still works in 4.x
         getattr(model, "activation_checkpointing_enable", model.gradient_checkpointing_enable)()
         model.enable_input_require_grads()
@@ -354,6 +357,8 @@ def train(cfg: TrainConfig, records: list[dict] | None = None) -> TrainResult:
         from transformers import PrinterCallback
 
         trainer.remove_callback(PrinterCallback)
+    elif plain_output():
+        trainer.add_callback(trainer_callback())
     t0 = time.perf_counter()
     trainer.train(resume_from_checkpoint=True if cfg.resume else None)
     seconds = time.perf_counter() - t0
