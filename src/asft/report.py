@@ -44,11 +44,14 @@ def markdown_table(rows: Sequence[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+FA_TOLERANCE = 2.0  # accuracy points that count as "equal accuracy" when the seeds agree closely
+
+
 def _beats(a: dict, b: dict) -> bool:
     """``a`` is safer than ``b`` beyond the seed spread (HS lower by more than both stds together)
-    without losing accuracy beyond it (FA not lower by more than both stds together)."""
+    at equal accuracy (FA not lower by more than both stds together, or FA_TOLERANCE points)."""
     hs_gap = (a.get("hs_std") or 0) + (b.get("hs_std") or 0)
-    fa_gap = (a.get("fa_std") or 0) + (b.get("fa_std") or 0)
+    fa_gap = max((a.get("fa_std") or 0) + (b.get("fa_std") or 0), FA_TOLERANCE)
     return a["hs"] < b["hs"] - hs_gap and a["fa"] >= b["fa"] - fa_gap
 
 
