@@ -1,5 +1,8 @@
 """Does the anchor beat plain shrinkage? HS-vs-FA trade-off on the toy world over a lambda sweep.
 
+`asft demo` runs the core of this (lambda 1-100, 3 seeds); this script extends it: more lambdas
+(300, 1000), other projector ranks (--proj-rank), more seeds.
+
 AsFT with both forms of C (reference: V V^T / ||V||_F; projector: top-k left singular vectors of V)
 and the l2 control (C = 0), at each lambda, over several training seeds, plus SFT, Safe LoRA and the
 aligned model. Same world, data, recipe and judge as `asft demo`. Prints a table, writes JSON
@@ -22,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from asft.demo import PROJ_RANK, TOY_MIX, TOY_RECIPE, prepare, toy_setting  # noqa: E402
 from asft.experiment import RunSpec, aggregate, results_document, run_grid  # noqa: E402
 from asft.fileio import write_json, write_text  # noqa: E402
-from asft.modeling import set_cpu_threads  # noqa: E402
+from asft.runtime import usable_cores  # noqa: E402
 from asft.report import markdown_table, tradeoff_chart  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -38,9 +41,9 @@ def main() -> None:
     ap.add_argument("--out", default="runs/tradeoff", help="run folders (resumable)")
     ap.add_argument("--json", default=str(HERE / "results" / "toy_tradeoff.json"))
     ap.add_argument("--plot", default=str(HERE / "results" / "toy_tradeoff.png"))
+    ap.add_argument("--workers", type=int, default=min(4, usable_cores()), help="runs at once, one thread each")
     args = ap.parse_args()
 
-    set_cpu_threads()  # tiny models: extra threads on a busy machine only add contention
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -58,7 +61,7 @@ def main() -> None:
         print(f"[{done[0]}/{len(specs)}] {spec.name}: HS {row['hs']:.1f} FA {row['fa']:.1f} "
               f"({row['train_seconds']:.0f}s train, {row['eval_seconds']:.0f}s eval)", flush=True)
 
-    rows = run_grid(specs, setting, out, on_row=on_row)
+    rows = run_grid(specs, setting, out, on_row=on_row, workers=args.workers)
     table = aggregate(rows)
     order = {"aligned": 0, "sft": 1, "safelora": 2, "l2": 3, "asft": 4}
     table.sort(key=lambda r: (order[r["method"]], r.get("form") or "", r["lambda"]))
