@@ -109,3 +109,65 @@ def test_on_batch_reports_every_prompt_once_with_original_indices():
                    on_batch=lambda idx, texts: seen.update(zip(idx, texts)))
     assert sorted(seen) == list(range(len(PROMPTS)))
     assert [seen[i] for i in range(len(PROMPTS))] == out
+
+
+MANY = [("x" * (1 + (7 * k) % 23)) + f" {k} " + "the cat sat" * (k % 3) for k in range(23)]
+
+
+def test_rows_leave_and_join_the_batch_and_answers_equal_one_at_a_time():
+    """23 prompts of mixed length through batches of 4: finished rows leave the cache, waiting
+    prompts are prefilled and join it (left-padded to the cache's length); every answer is the one
+    the reference loop gives for that prompt alone. The EOS is a frequent byte, so lengths vary."""
+    from asft.generate import generate_reference
+
+    model, tok = tiny_llama(seed=3), byte_tokenizer()
+    eos = tok("e")["input_ids"][-1]
+    singles = generate_reference(model, tok, MANY, max_new_tokens=20, batch_size=1, eos_token_id=eos)
+    lengths = {len(s) for s in singles}
+    assert len(lengths) > 3  # rows finish at different steps: removal and refill both happen
+    got = generate(model, tok, MANY, max_new_tokens=20, batch_size=4, eos_token_id=eos, progress=False)
+    assert got == singles
+    assert generate(model, tok, MANY, max_new_tokens=20, batch_size=64, eos_token_id=eos, progress=False) == singles
+    assert generate_reference(model, tok, MANY, max_new_tokens=20, batch_size=8, eos_token_id=eos) == singles
+
+
+def test_stop_callback_ends_a_response_early_and_only_that_one():
+    from asft.generate import generate_reference
+
+    model, tok = tiny_llama(seed=3), byte_tokenizer()
+    full = generate_reference(model, tok, MANY[:6], max_new_tokens=16, batch_size=1)
+    seen, first3 = {}, []
+
+    def stop(i, ids):  # prompt 2 stops after 3 tokens; the others run to their end
+        seen[i] = seen.get(i, 0) + 1
+        if i == 2 and len(ids) == 3:
+            first3.extend(ids)
+            return True
+        return False
+
+    got = generate(model, tok, MANY[:6], max_new_tokens=16, batch_size=3, progress=False, stop=stop)
+    assert got[2] == tok.decode(first3, skip_special_tokens=True).strip() and full[2].startswith(got[2])
+    assert len(got[2]) < len(full[2])
+    assert [g for k, g in enumerate(got) if k != 2] == [f for k, f in enumerate(full) if k != 2]
+    assert set(seen) == set(range(6))
+
+
+def test_sliding_window_model_decodes_without_merging():
+    """Gemma 3 mixes sliding-window and full-attention layers: rows still leave the batch, no
+    prompts join a running one (its cache cannot be aligned), answers equal one at a time."""
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    from asft.generate import _mergeable, generate_reference
+
+    torch.manual_seed(0)
+    cfg = Gemma3TextConfig(vocab_size=260, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                           num_attention_heads=2, num_key_value_heads=1, head_dim=16, sliding_window=8,
+                           layer_types=["sliding_attention", "full_attention"], max_position_embeddings=128,
+                           pad_token_id=3, bos_token_id=1, eos_token_id=2)
+    model, tok = Gemma3ForCausalLM(cfg).eval(), byte_tokenizer()
+    from transformers import DynamicCache
+
+    assert not _mergeable(DynamicCache(config=cfg))
+    eos = tok("e")["input_ids"][-1]
+    singles = generate_reference(model, tok, MANY[:9], max_new_tokens=14, batch_size=1, eos_token_id=eos)
+    assert generate(model, tok, MANY[:9], max_new_tokens=14, batch_size=4, eos_token_id=eos, progress=False) == singles

@@ -69,65 +69,203 @@ def _cut_at_eos(ids: list[int], stop: set[int]) -> list[int]:
     return ids
 
 
+def _mergeable(cache) -> bool:
+    """Rows of another prefill can join this cache (plain per-token KV layers only; sliding-window
+    layers drop old tokens, so their lengths cannot be aligned by padding)."""
+    from transformers.cache_utils import DynamicLayer
+
+    layers = getattr(cache, "layers", None)
+    return bool(layers) and all(type(layer) is DynamicLayer for layer in layers)
+
+
+def _merge(cache, other, pad_self: int, pad_other: int) -> None:
+    """Append ``other``'s rows to ``cache``, left-padding the shorter one along the sequence."""
+    import torch
+
+    for a, b in zip(cache.layers, other.layers):
+        ka, va, kb, vb = a.keys, a.values, b.keys, b.values
+        if pad_self:
+            ka = torch.nn.functional.pad(ka, (0, 0, pad_self, 0))
+            va = torch.nn.functional.pad(va, (0, 0, pad_self, 0))
+        if pad_other:
+            kb = torch.nn.functional.pad(kb, (0, 0, pad_other, 0))
+            vb = torch.nn.functional.pad(vb, (0, 0, pad_other, 0))
+        a.keys, a.values = torch.cat([ka, kb]), torch.cat([va, vb])
+
+
+class _Decoder:
+    """Greedy decoding of many prompts with one KV cache whose rows come and go.
+
+    A row leaves the batch the step it finishes (its EOS, its token budget, or ``stop``), so no
+    compute is spent on finished rows; when the batch has shrunk to half, the next prompts (in the
+    given order, longest first) are prefilled and join it (for caches that allow it, ``_mergeable``),
+    so the batch stays full. Each row attends only to its own tokens (attention mask) at its own
+    positions, so the result is the same greedy decoding as one prompt at a time, up to the
+    floating-point rounding of batched matrix shapes (checked: identical in float32).
+    """
+
+    def __init__(self, model, pad: int, stop_ids: set[int], max_new: int, batch_size: int, stop=None):
+        self.model, self.pad, self.stop_ids, self.max_new = model, pad, stop_ids, max_new
+        self.batch_size, self.stop = batch_size, stop
+        self.device = next(model.parameters()).device
+
+    def _forward(self, ids, mask, cache):
+        import torch
+
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)[:, -ids.shape[1]:]
+        with torch.inference_mode():
+            out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache,
+                             use_cache=True, logits_to_keep=1)
+        return out.logits[:, -1].float().argmax(-1), out.past_key_values
+
+    def _prefill(self, seqs):
+        from transformers import DynamicCache
+
+        ids, mask = left_pad(seqs, self.pad)
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        nxt, cache = self._forward(ids, mask, DynamicCache(config=self.model.config))
+        return nxt, cache, mask
+
+    def run(self, encoded: Sequence[Sequence[int]], order: Sequence[int], on_done) -> None:
+        """Decode ``encoded[i]`` for every i in ``order``; ``on_done(i, token_ids)`` as each finishes."""
+        import torch
+
+        queue = list(order)[::-1]  # pop() takes the next one
+        rows: list[int] = []       # prompt index of each cache row
+        out: dict[int, list[int]] = {}
+        cache = mask = nxt = None
+        while queue or rows:
+            if queue and (not rows or (len(rows) <= self.batch_size // 2 and _mergeable(cache))):
+                take = [queue.pop() for _ in range(min(self.batch_size - len(rows), len(queue)))]
+                n2, c2, m2 = self._prefill([encoded[i] for i in take])
+                if rows:
+                    pad_self, pad_other = max(0, m2.shape[1] - mask.shape[1]), max(0, mask.shape[1] - m2.shape[1])
+                    _merge(cache, c2, pad_self, pad_other)
+                    mask = torch.cat([torch.nn.functional.pad(mask, (pad_self, 0)),
+                                      torch.nn.functional.pad(m2, (pad_other, 0))])
+                    nxt = torch.cat([nxt, n2])
+                else:
+                    cache, mask, nxt = c2, m2, n2
+                rows += take
+                for i in take:
+                    out[i] = []
+            keep = []
+            for j, (i, t) in enumerate(zip(rows, nxt.tolist())):
+                if t in self.stop_ids:
+                    on_done(i, out.pop(i))
+                    continue
+                out[i].append(t)
+                if len(out[i]) >= self.max_new or (self.stop is not None and self.stop(i, out[i])):
+                    on_done(i, out.pop(i))
+                else:
+                    keep.append(j)
+            if len(keep) < len(rows):
+                rows = [rows[j] for j in keep]
+                if not rows:
+                    cache = mask = nxt = None
+                    continue
+                idx = torch.tensor(keep, device=self.device)
+                cache.batch_select_indices(idx)
+                mask, nxt = mask[idx], nxt[idx]
+                lead = int((mask.sum(0) == 0).long().cumprod(0).sum())  # columns padding in every row
+                if lead and _mergeable(cache):  # drop them (sliding-window layers keep their own)
+                    mask = mask[:, lead:]
+                    for layer in cache.layers:
+                        layer.keys, layer.values = layer.keys[:, :, lead:], layer.values[:, :, lead:]
+            mask = torch.cat([mask, mask.new_ones(len(rows), 1)], dim=1)
+            nxt, cache = self._forward(nxt[:, None], mask, cache)
+
+
 def generate(model: Any, tokenizer: Any, prompts: Sequence[str], max_new_tokens: int = 256,
              batch_size: int = 16, add_special_tokens: bool = True, *, eos_token_id: int | list[int] | None = None,
-             on_batch: OnBatch | None = None, progress: bool = True, desc: str = "generating") -> list[str]:
+             on_batch: OnBatch | None = None, progress: bool = True, desc: str = "generating",
+             stop: Callable[[int, list[int]], bool] | None = None) -> list[str]:
     """Greedy responses to ``prompts`` (decoded new tokens, special tokens dropped, stripped).
 
     ``add_special_tokens``: False for chat-template prompts (they carry their own BOS), as in
     ``asft.data.encode_prompt``. ``eos_token_id`` overrides the stop ids (default: ``eos_ids``).
-    On CUDA out-of-memory the batch is retried at half the size.
+    ``stop(i, token_ids)``: end prompt i's response early (a metric that can no longer change).
+    ``on_batch`` is called as responses finish (in groups of up to ``batch_size``).
     """
     import torch
-    from transformers import GenerationConfig
 
     if batch_size < 1:
         raise AsftError(f"batch size must be >= 1, got {batch_size}")
     encoded = [tokenizer(p, add_special_tokens=add_special_tokens)["input_ids"] for p in prompts]
     if any(len(e) == 0 for e in encoded):
         raise AsftError("generate: an empty prompt has no tokens to condition on")
-    stop = ([eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id)) \
+    stop_ids = ([eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id)) \
         if eos_token_id is not None else eos_ids(model, tokenizer)
-    pad = pad_id(tokenizer)
-    gen_cfg = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
-                               eos_token_id=stop or None, pad_token_id=pad, use_cache=True)
-    device = next(model.parameters()).device
     # Longest first: an out-of-memory error shows up in the first batch, not after an hour.
     order = sorted(range(len(prompts)), key=lambda i: -len(encoded[i]))
     results: list[str | None] = [None] * len(prompts)
     from asft.progress import Progress
 
     bar = Progress(len(prompts), desc, "prompts", enabled=progress)
+    pending: list[tuple[int, str]] = []
+
+    def flush() -> None:
+        if on_batch is not None and pending:
+            on_batch([i for i, _ in pending], [t for _, t in pending])
+        bar.advance(len(pending))
+        pending.clear()
+
+    def done(i: int, ids: list[int]) -> None:
+        results[i] = tokenizer.decode(ids, skip_special_tokens=True).strip()
+        pending.append((i, results[i]))
+        if len(pending) >= batch_size:
+            flush()
+
     was_training = model.training
     model.eval()
+    bs = batch_size
     try:
-        start, bs = 0, batch_size
-        while start < len(order):
-            idx = order[start:start + bs]
-            input_ids, mask = left_pad([encoded[i] for i in idx], pad)
+        while True:
+            todo = [i for i in order if results[i] is None]
+            if not todo:
+                break
             try:
-                with torch.inference_mode():
-                    out = model.generate(input_ids=input_ids.to(device), attention_mask=mask.to(device),
-                                         generation_config=gen_cfg)
+                _Decoder(model, pad_id(tokenizer), set(stop_ids), max_new_tokens, bs, stop).run(encoded, todo, done)
             except torch.cuda.OutOfMemoryError:
                 if bs == 1:
                     raise
-                bs = max(1, bs // 2)
+                bs = max(1, bs // 2)  # finished responses are kept; the rest restart at half the batch
                 torch.cuda.empty_cache()
-                continue
-            new = out[:, input_ids.shape[1]:].tolist()
-            texts = [tokenizer.decode(_cut_at_eos(row, set(stop)), skip_special_tokens=True).strip()
-                     for row in new]
-            for i, t in zip(idx, texts):
-                results[i] = t
-            if on_batch is not None:
-                on_batch(list(idx), texts)
-            bar.advance(len(idx))
-            start += len(idx)
+        flush()
     finally:
         bar.close()
         model.train(was_training)
     return [r if r is not None else "" for r in results]
+
+
+def generate_reference(model: Any, tokenizer: Any, prompts: Sequence[str], max_new_tokens: int = 256,
+                       batch_size: int = 16, add_special_tokens: bool = True,
+                       eos_token_id: int | list[int] | None = None) -> list[str]:
+    """The previous engine, kept as the benchmarks' and tests' yardstick: ``model.generate`` on
+    length-sorted, left-padded batches (every row computed until the whole batch has finished).
+    ``batch_size=1`` is the reference scripts' way, one prompt at a time."""
+    import torch
+    from transformers import GenerationConfig
+
+    encoded = [tokenizer(p, add_special_tokens=add_special_tokens)["input_ids"] for p in prompts]
+    stop = ([eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id)) \
+        if eos_token_id is not None else eos_ids(model, tokenizer)
+    pad = pad_id(tokenizer)
+    gen_cfg = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
+                               eos_token_id=stop or None, pad_token_id=pad, use_cache=True)
+    device = next(model.parameters()).device
+    order = sorted(range(len(prompts)), key=lambda i: -len(encoded[i]))
+    results = [""] * len(prompts)
+    model.eval()
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        input_ids, mask = left_pad([encoded[i] for i in idx], pad)
+        with torch.inference_mode():
+            out = model.generate(input_ids=input_ids.to(device), attention_mask=mask.to(device),
+                                 generation_config=gen_cfg)
+        for i, row in zip(idx, out[:, input_ids.shape[1]:].tolist()):
+            results[i] = tokenizer.decode(_cut_at_eos(row, set(stop)), skip_special_tokens=True).strip()
+    return results
 
 
 class VLLMGenerator:
