@@ -305,3 +305,17 @@ def test_adapter_identity_ignores_eval_outputs_inside_it(tmp_path):
     assert after != before
     os.utime(ad / "adapter_model.safetensors", (0, 0))  # a touched file is the same adapter
     assert fingerprint_dir(ad) == after
+
+
+def test_summary_keeps_only_the_rows_of_the_model_it_summarises(tmp_path):
+    """Two models evaluated into one folder: the summary of the second never shows the first's suites."""
+    data = write_data(tmp_path / "data")
+    out = tmp_path / "out"
+    evaluate(FakeModel().make, byte_tokenizer(), ["harmful", "sst2"], data, KeywordJudge(), out_dir=out,
+             model_key="model-a")
+    evaluate(FakeModel().make, byte_tokenizer(), ["sst2"], data, KeywordJudge(), out_dir=out, model_key="model-a")
+    assert set(json.loads((out / "summary.json").read_text())["suites"]) == {"harmful", "sst2"}  # same model: merged
+    evaluate(FakeModel().make, byte_tokenizer(), ["agnews"], data, KeywordJudge(), out_dir=out, model_key="model-b")
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["suites"]) == {"agnews"}
+    assert "| harmful |" not in (out / "summary.md").read_text()

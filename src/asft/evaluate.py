@@ -406,9 +406,11 @@ def run_eval(model_dir: str | Path, suites: Sequence[str], data_dir: str | Path,
              judge: Judge | None = None, adapter: str | Path | None = None, merge: bool = False,
              template: str = "alpaca", batch_size: int = 16, max_new_tokens: int | None = None,
              limit: int | None = None, rater: OpenAIClient | None = None, engine: str = "hf",
-             device: str | None = None, progress: bool = True,
+             device: str | None = None, progress: bool = True, dtype: str = "auto",
              log: Callable[[str], None] | None = None) -> dict[str, SuiteResult]:
     """Evaluate a model folder (+ optional PEFT adapter folder, merged when ``merge``).
+
+    One model load (and one adapter merge) serves every suite.
 
     Loading goes through ``asft.modeling`` (local safetensors only; bf16 on GPU, float32 on CPU) and
     happens only if some suite is not cached in ``out_dir`` yet.
@@ -424,13 +426,13 @@ def run_eval(model_dir: str | Path, suites: Sequence[str], data_dir: str | Path,
     if adapter and not (Path(adapter) / "adapter_config.json").is_file():
         raise AsftError(f"{adapter}: not a LoRA adapter folder (no adapter_config.json)")
     model_key = {"model": folder_identity(model_dir), "adapter": folder_identity(adapter) if adapter else None,
-                 "merge": merge}
+                 "merge": merge, "dtype": str(modeling.resolve_dtype(dtype, device))}
     tokenizer = modeling.load_tokenizer(model_dir)
 
     def make_generate() -> GenerateFn:
         if engine == "vllm":
             return VLLMGenerator(model_dir, adapter)
-        model = modeling.load_model(model_dir, device=device)
+        model = modeling.load_model(model_dir, dtype=dtype, device=device)
         if adapter:
             model = modeling.load_adapter(model, adapter, merge=merge)
         return partial(_hf_generate, model.eval(), tokenizer, batch_size, progress)

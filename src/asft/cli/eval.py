@@ -15,12 +15,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "re-runs; generation resumes from its last checkpointed batch.")
     p.add_argument("--model", required=True, help="model folder (Hugging Face format)")
     p.add_argument("--adapter", help="PEFT LoRA adapter folder applied on top of --model")
-    p.add_argument("--merge", action="store_true", help="merge the adapter into the weights (faster)")
+    p.add_argument("--merge", action=argparse.BooleanOptionalAction, default=True,
+                   help="fold the adapter into the weights once before generating (default; faster)")
     p.add_argument("--suite", default=DEFAULT_SUITES,
                    help=f"comma-separated suites (default {DEFAULT_SUITES}; also toy-harmful, toy-<task>)")
     p.add_argument("--data-dir", required=True,
                    help="test data folder (the reference layout: .../asft-reference/eval)")
-    p.add_argument("--judge", default="keyword", choices=["beaverdam", "keyword", "toy", "openai"],
+    p.add_argument("--judge", default="keyword", choices=["beaverdam", "keyword", "keyword-start", "toy", "openai"],
                    help="safety judge for harmful suites (default keyword, an offline proxy; the paper "
                         "uses beaverdam)")
     p.add_argument("--judge-model", help="beaverdam: BeaverDam-7B folder; openai: the endpoint's model name")
@@ -36,7 +37,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--limit", type=int, help="evaluate only the first N items of each suite")
     p.add_argument("--template", default="alpaca", choices=["alpaca", "chat", "llama2"],
                    help="prompt format (default alpaca, the reference's; toy models use chat)")
-    p.add_argument("--batch-size", type=int, default=16, help="prompts per generation batch")
+    p.add_argument("--batch-size", type=int, default=64,
+                   help="prompts decoded at once (default 64; finished answers leave the batch and "
+                        "waiting prompts join it, so large batches cost no wasted steps)")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
+                   help="model dtype (auto: bf16 on a GPU, float32 on a CPU; bfloat16 on a CPU with "
+                        "AVX-512-bf16 or AMX is faster but its greedy answers can differ)")
     p.add_argument("--max-new-tokens", type=int,
                    help="override every suite's default (harmful/gsm8k/alpaca 512, agnews/sst2 200)")
     p.add_argument("--engine", default="hf", choices=["hf", "vllm"], help="generation back end")
@@ -74,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
     results = run_eval(args.model, suites, args.data_dir, args.out, judge=judge, adapter=args.adapter,
                        merge=args.merge, template=args.template, batch_size=args.batch_size,
                        max_new_tokens=args.max_new_tokens, limit=args.limit, rater=client,
-                       engine=args.engine, device=args.device, progress=not args.no_progress,
+                       engine=args.engine, device=args.device, dtype=args.dtype, progress=not args.no_progress,
                        log=lambda msg: console.print(f"[dim]{msg}[/dim]"))
     print(summary_table(results), end="")
     console.print(f"wrote {args.out}/summary.json and summary.md")
