@@ -88,3 +88,33 @@ def test_degenerate():
 def test_percent():
     assert percent(1, 3) == 33.33
     assert percent(0, 0) == 0.0
+
+
+def test_decided_answers_keep_their_score_whatever_follows():
+    """The early stops of AG News and SST-2 generation: once ``*_decided`` says so for a partial
+    answer, no continuation changes either judgement (checked on every prefix of generated texts)."""
+    import random
+
+    from asft.metrics import agnews_correct, agnews_decided, sst2_correct, sst2_decided
+
+    rng = random.Random(0)
+    words = ["positive", "negative", "Positive", "posit", "ive", "ly", "world", "sports", "sci", "ence",
+             "tech", "Business", "/", " ", " ", ".", ",", "the", "or", "\n"]
+    conts = ["", "ly", " negative", " positive", "ness", " world", "s", " tech.", "/tech", " and sports"]
+    decided = {"sst2": 0, "agnews": 0}
+    for _ in range(1500):
+        text = "".join(rng.choice(words) for _ in range(rng.randint(1, 12)))
+        for cut in range(len(text) + 1):
+            prefix = text[:cut]
+            if sst2_decided(prefix):
+                decided["sst2"] += 1
+                for label in (0, 1):
+                    assert all(sst2_correct(prefix + c, label) == sst2_correct(prefix, label) for c in conts)
+            for label in range(4):
+                if agnews_decided(prefix, label):
+                    decided["agnews"] += 1
+                    assert all(agnews_correct(prefix + c, label) == agnews_correct(prefix, label) for c in conts)
+    assert decided["sst2"] > 10 and decided["agnews"] > 40  # the property was exercised
+    assert not sst2_decided("positive and negat") and sst2_decided("positive, negative.")
+    assert not sst2_decided("positive and negative")  # "negative" may still become "negatively"
+    assert agnews_decided("World or Sports.", 0) and not agnews_decided("World.", 0)

@@ -45,7 +45,8 @@ from asft.errors import AsftError
 from asft.fileio import append_jsonl, content_hash, read_json, write_json, write_jsonl, write_text
 from asft.judges import Judge, OpenAIClient, load_judge_prompts, make_judge, rate_answers
 
-# generate_fn(prompts, max_new_tokens, add_special_tokens, on_batch, desc) -> responses
+# generate_fn(prompts, max_new_tokens, add_special_tokens, on_batch, desc, decided=None) -> responses;
+# decided(i, text) True: prompt i's answer can no longer change its score (stop generating it).
 GenerateFn = Callable[..., list[str]]
 
 
@@ -306,8 +307,12 @@ def evaluate(make_generate: Callable[[], GenerateFn], tokenizer: Any, suites: Se
              data_dir: str | Path, judge: Judge | str | None = None, out_dir: str | Path | None = None,
              template: str = "alpaca", max_new_tokens: int | None = None, limit: int | None = None,
              rater: OpenAIClient | None = None, model_key: Any = None, engine: str = "hf",
-             log: Callable[[str], None] | None = None) -> dict[str, SuiteResult]:
+             log: Callable[[str], None] | None = None, early_stop: bool = True) -> dict[str, SuiteResult]:
     """Run ``suites`` with a generation function built on first need by ``make_generate()``.
+
+    ``early_stop``: stop an AG News / SST-2 answer as soon as both of its scores are final
+    (``metrics.agnews_decided`` / ``sst2_decided``: provably the same FA and FA-ref as the full
+    answer). Harmful suites always generate in full: no judge's verdict is final early for HS+.
 
     ``make_generate`` is lazy so that a rerun whose suites are all cached never loads the model.
     ``model_key`` identifies the model for the cache (required with ``out_dir``). ``judge``: a Judge
@@ -335,7 +340,8 @@ def evaluate(make_generate: Callable[[], GenerateFn], tokenizer: Any, suites: Se
         items = load_suite(spec.name, data_dir, limit)
         n_new = max_new_tokens or spec.max_new_tokens
         data_file = data_dir / spec.path
-        gen_key = content_hash({"model": model_key, "suite": spec.name,
+        decided = _decided(spec.kind, items) if early_stop else None
+        gen_key = content_hash({"model": model_key, "suite": spec.name, "early_stop": decided is not None,
                                 "data": content_hash(data_file) if data_file.is_file() else "absent",
                                 "template": template, "max_new_tokens": n_new, "limit": limit,
                                 "engine": engine, "env": env})
@@ -370,11 +376,13 @@ def evaluate(make_generate: Callable[[], GenerateFn], tokenizer: Any, suites: Se
                         append_jsonl(gen_path, {"i": _todo[j], "response": t})
 
             log(f"{spec.name}: generating {len(todo)} responses (at most {n_new} new tokens each)")
-            generate_fn([prompts[i] for i in todo], n_new, template != "chat", checkpoint, spec.name)
+            local = (lambda j, text, _todo=todo: decided(_todo[j], text)) if decided else None
+            generate_fn([prompts[i] for i in todo], n_new, template != "chat", checkpoint, spec.name,
+                        decided=local)
             if any(i not in responses for i in todo):
                 raise AsftError(f"{spec.name}: the generator returned fewer responses than prompts")
         res = _score(spec, items, prompts, [responses[i] for i in range(len(items))], judge, rater, data_dir)
-        res.extra.update(template=template, max_new_tokens=n_new)
+        res.extra.update(template=template, max_new_tokens=n_new, early_stop=decided is not None)
         if out is not None:
             write_jsonl(out / f"{spec.name}.jsonl", res.rows)
             write_json(out / f"{spec.name}.result.json", {"key": result_key, "summary": res.summary()})
@@ -407,7 +415,7 @@ def run_eval(model_dir: str | Path, suites: Sequence[str], data_dir: str | Path,
              template: str = "alpaca", batch_size: int = 16, max_new_tokens: int | None = None,
              limit: int | None = None, rater: OpenAIClient | None = None, engine: str = "hf",
              device: str | None = None, progress: bool = True, dtype: str = "auto",
-             log: Callable[[str], None] | None = None) -> dict[str, SuiteResult]:
+             log: Callable[[str], None] | None = None, early_stop: bool = True) -> dict[str, SuiteResult]:
     """Evaluate a model folder (+ optional PEFT adapter folder, merged when ``merge``).
 
     One model load (and one adapter merge) serves every suite.
@@ -438,14 +446,26 @@ def run_eval(model_dir: str | Path, suites: Sequence[str], data_dir: str | Path,
         return partial(_hf_generate, model.eval(), tokenizer, batch_size, progress)
 
     return evaluate(make_generate, tokenizer, suites, data_dir, judge, out_dir, template, max_new_tokens,
-                    limit, rater, model_key, engine, log)
+                    limit, rater, model_key, engine, log, early_stop=early_stop)
 
 
-def _hf_generate(model, tokenizer, batch_size, progress, prompts, n_new, add_special_tokens, on_batch, desc):
+def _decided(kind: str, items: list[dict]) -> Callable[[int, str], bool] | None:
+    """The provable early stop of a suite kind: (item index, answer so far) -> score is final."""
+    if kind == "agnews":
+        return lambda i, text: metrics.agnews_decided(text, items[i]["label"])
+    if kind == "sst2":
+        return lambda i, text: metrics.sst2_decided(text)
+    return None
+
+
+def _hf_generate(model, tokenizer, batch_size, progress, prompts, n_new, add_special_tokens, on_batch, desc,
+                 decided=None):
     from asft.generate import generate
 
+    stop = (lambda i, ids: decided(i, tokenizer.decode(ids, skip_special_tokens=True))) if decided else None
     return generate(model, tokenizer, prompts, max_new_tokens=n_new, batch_size=batch_size,
-                    add_special_tokens=add_special_tokens, on_batch=on_batch, progress=progress, desc=desc)
+                    add_special_tokens=add_special_tokens, on_batch=on_batch, progress=progress, desc=desc,
+                    stop=stop)
 
 
 # ----------------------------------------------------------------------------------------------

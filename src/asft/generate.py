@@ -286,7 +286,8 @@ class VLLMGenerator:
         self.tokenizer = self.llm.get_tokenizer()
 
     def __call__(self, prompts: Sequence[str], max_new_tokens: int, add_special_tokens: bool = True,
-                 on_batch: OnBatch | None = None, desc: str = "") -> list[str]:
+                 on_batch: OnBatch | None = None, desc: str = "", decided=None) -> list[str]:
+        # decided (early stops) is not applied: vLLM generates each answer to its end
         from vllm import SamplingParams
 
         lora = None

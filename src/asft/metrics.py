@@ -50,6 +50,27 @@ def agnews_correct(answer: str, label: int) -> tuple[bool, bool]:
     return found == {label}, label in found
 
 
+def _settled(text: str) -> str:
+    """The part of a partial answer that more text cannot change the word matches of: up to its
+    last non-word character (a trailing word may still grow: "positive" -> "positively")."""
+    m = re.search(r"\W(?=\w*$)", text)
+    return text[: m.end()] if m else ""
+
+
+def agnews_decided(answer: str, label: int) -> bool:
+    """Both AG News judgements of ``answer`` are final whatever text follows: the gold label and
+    another one are named (strict: wrong, reference: right, for good). Used to stop generating."""
+    found = {k for k, pat in AGNEWS_PATTERNS.items() if re.search(pat, _settled(answer), re.IGNORECASE)}
+    return label in found and len(found) >= 2
+
+
+def sst2_decided(answer: str) -> bool:
+    """Both SST-2 judgements of ``answer`` are final whatever text follows: both label words are
+    named (strict: wrong; reference: the answer can no longer be exactly one label)."""
+    settled = _settled(answer)
+    return all(re.search(rf"\b{w}\b", settled, re.IGNORECASE) for w in SST2_LABELS)
+
+
 def sst2_correct(answer: str, label: int) -> tuple[bool, bool]:
     """(strict, reference) correctness of an SST-2 answer for gold label 1 (positive) / 0 (negative)."""
     gold = SST2_LABELS[label]
