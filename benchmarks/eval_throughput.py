@@ -6,7 +6,8 @@ max_new_tokens and thread count, each engine in its own fresh process (so each h
              first --reference-limit prompts only (it is slow), compared on those
   previous   `generate_reference`: length-sorted batches of --old-batch through `model.generate`
              (every row computed until its whole batch has finished) = `asft eval` before this version
-  current    `generate`: --batch rows in one KV cache, finished rows leave, waiting prompts join
+  current    `generate`: --batch rows in one KV cache, finished rows leave, waiting prompts join;
+             AG News / SST-2 answers stop once their score is decided, as in `asft eval`
   current-bf16  (--bf16) the same in bfloat16: faster on CPUs with AVX-512-bf16 / AMX; its answers
              can differ, so the metric difference is reported
 Prints a table (prompts/s, tokens/s, peak RSS, identical answers, metric) and writes JSON.
@@ -71,9 +72,13 @@ def _worker(engine: str, args: dict, prompts: list[str], q) -> None:
     elif engine == "previous":
         out = generate_reference(model, tok, prompts, args["max_new"], batch_size=args["old_batch"],
                                  add_special_tokens=add)
-    else:
+    else:  # as `asft eval` runs it: with the provable early stop of AG News / SST-2 answers
+        from asft.evaluate import _decided
+
+        decided = _decided(args["kind"], args["items"])
+        stop = (lambda i, ids: decided(i, tok.decode(ids, skip_special_tokens=True))) if decided else None
         out = generate(model, tok, prompts, args["max_new"], batch_size=args["batch"], add_special_tokens=add,
-                       progress=False)
+                       progress=False, stop=stop)
     seconds = time.perf_counter() - t0
     tokens = sum(len(tok(o, add_special_tokens=False)["input_ids"]) for o in out)
     q.put({"engine": engine, "seconds": seconds, "outputs": out, "tokens": tokens,
@@ -146,8 +151,10 @@ def main() -> None:
 
     max_new = args.max_new or (64 if args.model.startswith("random") else suite_spec(args.suite).max_new_tokens)
     prompts, items = _prompts(args)
+    kind = "random" if args.model.startswith("random") else suite_spec(args.suite).kind
     shared = {"model": args.model, "template": args.template, "max_new": max_new, "threads": args.threads,
-              "device": args.device, "old_batch": args.old_batch, "batch": args.batch}
+              "device": args.device, "old_batch": args.old_batch, "batch": args.batch, "kind": kind,
+              "items": items}
     engines = args.engines + (["current-bf16"] if args.bf16 else [])
     results = {}
     for e in engines:
