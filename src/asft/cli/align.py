@@ -1,0 +1,61 @@
+"""`asft align`: a safety-aligned version of a model (refusals + self-distilled benign answers)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "align", help="make a safety-aligned version of a model by full fine-tuning (a real base/aligned pair)",
+        description="Fully fine-tunes MODEL on harmful requests -> varied refusals and benign requests -> the "
+                    "model's own answers (generated first), so that (MODEL, OUT) is a base/aligned pair for "
+                    "`asft anchor`. Harmful requests come from training pools, never from the --exclude "
+                    "prompts (the overlap is dropped and reported).",
+        epilog="example: asft align --model models/smollm2-135m-instruct --reference ../shared/data/asft-reference "
+               "--out models/smollm2-aligned")
+    p.add_argument("--model", required=True, metavar="DIR", help="model folder to align")
+    p.add_argument("--out", required=True, metavar="DIR", help="aligned model folder to create")
+    p.add_argument("--reference", metavar="DIR",
+                   help="the reference data folder: harmful requests from train/*/*.json, benign ones from "
+                        "train/alpaca, the 250 HS prompts (eval/harmful) excluded")
+    p.add_argument("--harmful", nargs="*", default=[], metavar="FILE", help="more files of harmful records")
+    p.add_argument("--benign", nargs="*", default=[], metavar="FILE", help="more files of benign records")
+    p.add_argument("--exclude", nargs="*", default=[], metavar="FILE", help="prompt files never to train on")
+    p.add_argument("--n-harmful", type=int, default=400)
+    p.add_argument("--n-benign", type=int, default=400)
+    p.add_argument("--benign-targets", default="self", choices=["self", "data"],
+                   help="self: the model's own answers (chat models); data: the pool's outputs (pre-trained models)")
+    p.add_argument("--template", default="chat", choices=["chat", "alpaca", "llama2"])
+    p.add_argument("--epochs", type=float, default=2.0)
+    p.add_argument("--lr", type=float, default=2e-5)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--max-length", type=int, default=320)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from rich.console import Console
+
+    from asft.align import AlignConfig, align
+
+    harmful, benign, exclude = list(args.harmful), list(args.benign), list(args.exclude)
+    if args.reference:
+        ref = Path(args.reference)
+        harmful += sorted(str(p) for p in (ref / "train").glob("*/*.json"))
+        benign += sorted(str(p) for p in (ref / "train" / "alpaca").glob("*.json"))
+        exclude.append(str(ref / "eval" / "harmful" / "saved_dataset_250.json"))
+    cfg = AlignConfig(model=args.model, out=args.out, harmful=harmful, benign=benign, exclude=exclude,
+                      n_harmful=args.n_harmful, n_benign=args.n_benign, benign_targets=args.benign_targets,
+                      template=args.template, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
+                      max_length=args.max_length, seed=args.seed, overwrite=args.overwrite)
+    rec = align(cfg)
+    Console().print(f"aligned model in {args.out}: {rec['harmful_used']} refusals + {rec['benign_used']} benign "
+                    f"answers ({rec['benign_targets']}), {rec['steps']} steps, loss {rec['loss_first']} -> "
+                    f"{rec['loss_last']}; {rec['excluded_overlap']} harmful requests dropped for overlapping "
+                    f"the excluded prompts. Next: asft anchor --base {args.model} --aligned {args.out} ...")
+    return 0
