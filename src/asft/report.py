@@ -148,3 +148,42 @@ def _save(fig, path: str | Path) -> Path:
         fig.savefig(tmp, dpi=120, format=path.suffix.lstrip(".") or "png")
     plt.close(fig)
     return path
+
+
+def landscape_plots(doc: dict, out_dir: str | Path) -> list[Path]:
+    """``landscape_1d.png`` (HS, and FA when scored, against alpha per direction) and, for a 2D scan,
+    ``landscape_2d.png`` (HS contour over the align x random plane, adapters marked)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir = Path(out_dir)
+    paths = []
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for name, d in doc["one_d"].items():
+        ax.plot(d["alpha"], d["hs"], marker="o", ms=3, label=f"HS along {name}")
+        if any(v is not None for v in d["fa"]):
+            ax.plot(d["alpha"], d["fa"], linestyle="--", label=f"FA along {name}")
+    ax.set_xlabel("alpha (step along the direction; 0 = the model)")
+    ax.set_ylabel("%")
+    ax.set_ylim(-2, 102)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(f"safety landscape ({doc['norm']} normalisation)", fontsize=10)
+    fig.tight_layout()
+    paths.append(_save(fig, out_dir / "landscape_1d.png"))
+    if "two_d" in doc:
+        fig, ax = plt.subplots(figsize=(6.0, 5.0))
+        t = doc["two_d"]
+        cs = ax.contourf(t["alpha"], t["beta"], t["hs"], levels=11, cmap="RdYlGn_r", vmin=0, vmax=100)
+        fig.colorbar(cs, ax=ax, label="harmful score HS %")
+        for m in doc.get("marks", []):
+            ax.plot(m["alpha"], m["beta"], "k*", ms=10)
+            ax.annotate(Path(m["adapter"]).name, (m["alpha"], m["beta"]), fontsize=7, xytext=(4, 4),
+                        textcoords="offset points")
+        ax.set_xlabel("alpha: alignment direction")
+        ax.set_ylabel("beta: random direction orthogonal to it")
+        fig.tight_layout()
+        paths.append(_save(fig, out_dir / "landscape_2d.png"))
+    return paths
