@@ -37,12 +37,15 @@ def test_reduced_demo_writes_results_and_is_independent_of_threads_and_workers(t
     try:
         for name, threads, workers in (("t1", 1, 1), ("t2", 2, 1), ("w2", 1, 2)):
             torch.set_num_threads(threads)
-            docs[name] = run_demo(tmp_path / name, workers=workers, **kw)
+            docs[name] = run_demo(tmp_path / name, workers=workers, landscape=name == "t1", **kw)
     finally:
         torch.set_num_threads(before)
     # identical numbers at 1 and 2 threads, in one process or two
     assert _strip(docs["t1"]["runs"]) == _strip(docs["t2"]["runs"]) == _strip(docs["w2"]["runs"])
     assert docs["t1"]["rows"] == docs["t2"]["rows"] == docs["w2"]["rows"]
+    land = docs["t1"]["landscape"]  # the demo's landscape, with the SFT and l2 adapters placed on it
+    assert [p.split("/")[-1] for p in land["pictures"]] == ["landscape_1d.png", "landscape_2d.png"]
+    assert sum("alpha" in line and "beta" in line for line in land["summary"]) == 3  # sft, asft, l2 at lambda 100
 
     out = tmp_path / "t1"
     saved = json.loads((out / "results.json").read_text())

@@ -8,7 +8,9 @@
    adapter, three training seeds each (two runs at a time on a 2-core machine);
 4. evaluate harmful score (held-out harmful prompts, exact judge) and task accuracy for each;
 5. write results.json, results.md (table with spreads, and whether AsFT beats the l2 control at
-   equal FA) and chart.png (HS against FA per method over lambda) and print the table.
+   equal FA) and chart.png (HS against FA per method over lambda) and print the table;
+6. draw the aligned model's safety landscape (``landscape/``): 1D along the alignment direction
+   and a random orthogonal one, the plane of both with where SFT, AsFT and l2 landed.
 
 The world is the one shipped inside the package (``asft.toy.world.SHIPPED``), so every machine
 starts from the same weights.
@@ -75,7 +77,7 @@ def prepare(out: Path, size: str = "demo", seed: int = 0, cache_dir: str | None 
 
 def run_demo(out: str | Path, size: str = "demo", world_seed: int = 0, seeds=DEMO_SEEDS,
              lambdas=DEMO_LAMBDAS, cache_dir: str | None = None, log=print, mix: dict | None = None,
-             specs: list[RunSpec] | None = None, workers: int | None = None) -> dict:
+             specs: list[RunSpec] | None = None, workers: int | None = None, landscape: bool = True) -> dict:
     """Run the demo into ``out``; returns the results document. ``mix`` and ``specs`` override
     the training mix and the list of runs (the tests use a smaller demo). ``workers``: runs at
     once, one CPU thread each (default: one per usable core, at most 4)."""
@@ -116,4 +118,22 @@ def run_demo(out: str | Path, size: str = "demo", world_seed: int = 0, seeds=DEM
     write_text(out / "results.md", md)
     tradeoff_chart(table, out / "chart.png",
                    title=f"asft demo: HS vs FA over λ (toy world, p = {mix['p']}, {len(seed_list)} seeds)")
+    if landscape:
+        doc["landscape"] = demo_landscape(world, anchor, out, rows)
+        write_json(out / "results.json", doc)
     return doc
+
+
+def demo_landscape(world, anchor: Path, out: Path, runs: list[dict]) -> dict:
+    """The aligned model's safety landscape: 1D along the alignment direction and a random orthogonal
+    one (21 points), and the plane of both (9 x 9) with where the seed-0 adapters of SFT, AsFT and
+    l2 at the largest lambda landed. Returns the summary and the pictures' paths."""
+    from asft.landscape import run_landscape
+
+    lam = max((r["lambda"] for r in runs if r["method"] == "l2"), default=None)
+    marks = [out / "runs" / name / "adapter" for name in
+             ("sft-s0", f"asft-reference-lam{lam:g}-s0", f"l2-lam{lam:g}-s0") if lam is not None]
+    doc = run_landscape(world.aligned, anchor, out / "landscape", steps=20, two_d=True, steps_2d=8,
+                        data_dir=world.eval_dir, suite="toy-harmful", judge="toy", limit=None,
+                        marks=[m for m in marks if (m / "adapter_model.safetensors").is_file()])
+    return {"summary": doc["summary"], "pictures": doc["pictures"], "seconds": doc["seconds"]}

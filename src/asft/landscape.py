@@ -196,6 +196,7 @@ def visage(hs: Sequence[float]) -> float:
 
 def run_landscape(model_dir, anchor_path, out, *, dirs: Sequence[str] = ("align", "random"),
                   span: tuple[float, float] = (-0.5, 0.5), steps: int = 20, two_d: bool = False,
+                  steps_2d: int | None = None,
                   data_dir=None, suite: str = "harmful", task_suite: str | None = None, judge="keyword",
                   template: str = "chat", limit: int | None = 80, batch_size: int = 64,
                   adapter=None, marks: Sequence = (), norm: str = "layer", seed: int = 0,
@@ -251,10 +252,12 @@ def run_landscape(model_dir, anchor_path, out, *, dirs: Sequence[str] = ("align"
         doc["one_d"][name] = {"alpha": alphas, "hs": hs, "fa": [r.get("fa") for r in rows],
                               "basin_width": basin_width(alphas, hs, tol), "visage": visage(hs)}
     if two_d:
-        grid = [[a, b] for b in alphas for a in alphas]
+        n2 = steps_2d or steps
+        axis = [span[0] + (span[1] - span[0]) * i / n2 for i in range(n2 + 1)]
+        grid = [[a, b] for b in axis for a in axis]
         rows = scan(model, weights, [directions["align"], directions["random"]], grid, score)
-        doc["two_d"] = {"alpha": alphas, "beta": alphas,
-                        "hs": [[rows[j * len(alphas) + i]["hs"] for i in range(len(alphas))] for j in range(len(alphas))]}
+        doc["two_d"] = {"alpha": axis, "beta": axis,
+                        "hs": [[rows[j * len(axis) + i]["hs"] for i in range(len(axis))] for j in range(len(axis))]}
     doc["marks"] = []
     for m in marks:
         a, b = coordinates(adapter_update(m, list(weights)), directions["align"], directions["random"])

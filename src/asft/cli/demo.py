@@ -45,6 +45,10 @@ def run(args: argparse.Namespace) -> int:
     console.print(table)
     for line in doc["verdict"]:
         console.print(f"- {line}")
+    if "landscape" in doc:
+        console.print(f"safety landscape ({doc['landscape']['seconds']:.0f}s): {', '.join(doc['landscape']['pictures'])}")
+        for line in doc["landscape"]["summary"]:
+            console.print(f"- {line}")
     console.print(f"done in {doc['config']['seconds']:.0f}s ({doc['config']['workers']} runs at a time); "
                   f"results.json, results.md, chart.png in {args.out}")
     return 0
