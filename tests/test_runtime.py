@@ -71,3 +71,14 @@ def test_environment_record_names_what_changes_results():
     assert {k: env[k] for k in key} == key
     assert env["threads"] == torch.get_num_threads() and env["cores"] == runtime.usable_cores()
     assert "threads" not in key  # results do not depend on it (tests/test_train.py, test_demo.py)
+
+
+def test_help_starts_without_importing_torch():
+    """`asft --help` and `asft COMMAND --help` list every option without loading torch (instant)."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from asft.cli import build_parser; p = build_parser(); "
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

@@ -1,0 +1,126 @@
+"""``TrainConfig``: every option of ``asft train`` with the reference code's defaults.
+
+Kept free of torch so that ``asft --help`` (which lists these options) starts instantly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from asft.errors import AsftError
+from asft.fileio import read_yaml
+
+METHODS = ("sft", "asft", "l2")
+
+
+def _opt(default: Any, help: str) -> Any:
+    """A config field with its help text (shown by `asft train --help`)."""
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class TrainConfig:
+    """Every training option. Defaults are the public AsFT reference code's (Llama-2-7B-chat,
+    LoRA r=8 alpha=32 dropout 0.05 on q_proj/v_proj, AdamW lr 5e-5, 10 epochs, batch 8,
+    StepLR gamma 0.85 per epoch, max length 512, seed 42, lambda 1, reference form of C)."""
+
+    model: str = _opt("", "aligned model folder (the model being fine-tuned)")
+    data: str = _opt("", 'JSON/JSONL records {"instruction", "input"?, "output"}')
+    out: str = _opt("", "output folder: adapter, config.yaml, train_log.jsonl")
+    method: str = _opt("asft", "sft | asft | l2 (the same penalty with C = 0)")
+    anchor: str | None = _opt(None, "anchor file from `asft anchor` (method asft)")
+    form: str = _opt("reference", "C of the penalty: reference (V V^T/||V||_F, the public code's) | projector (U_k U_k^T)")
+    lam: float = _opt(1.0, "penalty weight lambda")
+    proj_rank: int | None = _opt(None, "k: rank of the projector form, or of C for a rank-k anchor")
+    proj_energy: float | None = _opt(None, "or: smallest k that holds this fraction of ||V||_F^2")
+    scale_by_lora: bool = _opt(False, "penalise the applied update (alpha/r) B A instead of B A")
+    targets: list[str] = _opt(["q_proj", "v_proj"], "module names that get LoRA adapters")
+    lora_r: int = _opt(8, "LoRA rank")
+    lora_alpha: int = _opt(32, "LoRA alpha")
+    lora_dropout: float = _opt(0.05, "LoRA dropout")
+    lr: float = _opt(5e-5, "AdamW learning rate")
+    epochs: float = _opt(10, "training epochs")
+    max_steps: int | None = _opt(None, "stop after this many optimiser updates (overrides --epochs)")
+    batch_size: int = _opt(8, "per-device batch size")
+    grad_accum: int = _opt(1, "gradient accumulation steps")
+    lr_gamma: float = _opt(0.85, "StepLR: the learning rate is multiplied by this after every epoch")
+    weight_decay: float = _opt(0.0, "AdamW weight decay")
+    max_length: int = _opt(512, "examples are truncated to this many tokens")
+    template: str = _opt("alpaca", "prompt format: alpaca | llama2 | chat (the tokenizer's)")
+    seed: int = _opt(42, "random seed")
+    dtype: str = _opt("auto", "auto (bf16 on CUDA, else float32) | float32 | bfloat16 | float16")
+    gradient_checkpointing: bool = _opt(False, "trade compute for memory")
+    logging_steps: int = _opt(10, "log task loss and penalty every N updates")
+    save_steps: int = _opt(0, "checkpoint every N updates, for --resume (0: none)")
+    resume: bool = _opt(False, "resume from the last checkpoint in OUT/checkpoints")
+    limit: int | None = _opt(None, "train on the first N records only")
+    overwrite: bool = _opt(False, "replace an adapter already in OUT")
+    progress: bool = _opt(True, "show a progress bar")
+
+    def validate(self) -> None:
+        if self.method not in METHODS:
+            raise AsftError(f"unknown method {self.method!r} (choose from {', '.join(METHODS)})")
+        if self.method == "asft" and not self.anchor:
+            raise AsftError("method asft needs --anchor FILE (make one with `asft anchor`)")
+        if self.method == "asft" and self.form not in ("reference", "projector"):
+            from asft.regularizer import unknown_form
+
+            raise AsftError(unknown_form(self.form))
+        if self.lam < 0 or not math.isfinite(self.lam):
+            raise AsftError(f"lambda must be a finite number >= 0, got {self.lam}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise AsftError(f"max_steps must be >= 1, got {self.max_steps}")
+        for key in ("lora_r", "batch_size", "grad_accum", "max_length"):
+            if getattr(self, key) < 1:
+                raise AsftError(f"{key} must be >= 1, got {getattr(self, key)}")
+
+    @property
+    def penalty_form(self) -> str | None:
+        return {"sft": None, "l2": "l2", "asft": self.form}[self.method]
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, **overrides: Any) -> "TrainConfig":
+        """Options from a YAML file, then ``overrides`` (from flags; None means "not given")."""
+        raw = read_yaml(path)
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(raw) - names)
+        if unknown:
+            raise AsftError(f"{path}: unknown option {unknown[0]!r}")
+        for f in dataclasses.fields(cls):
+            if f.name in raw and raw[f.name] is not None:
+                raw[f.name] = _coerce(raw[f.name], f, path)
+        raw.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**raw)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _coerce(value: Any, f: dataclasses.Field, path: str | Path) -> Any:
+    """A YAML value as the field's type. YAML reads ``5e-5`` (no dot) as a string, and a user may
+    write ``targets: q_proj,v_proj``: both are taken; anything else wrong is refused by name."""
+    kind = str(f.type).split(" ")[0]
+    try:
+        if kind == "list[str]":
+            return [t for t in value.split(",") if t] if isinstance(value, str) else [str(t) for t in value]
+        if kind == "bool":
+            if not isinstance(value, bool):
+                raise ValueError
+            return value
+        if kind == "int":
+            if isinstance(value, bool) or float(value) != int(float(value)):
+                raise ValueError
+            return int(float(value))
+        if kind == "float":
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        return str(value)
+    except (TypeError, ValueError):
+        raise AsftError(f"{path}: option {f.name!r} should be {kind}, got {value!r}") from None
