@@ -58,6 +58,14 @@ def _model(spec: str, dtype: str, device: str):
 
 
 def _worker(engine: str, args: dict, prompts: list[str], q) -> None:
+    try:
+        q.put(_work(engine, args, prompts))
+    except BaseException as e:  # never leave the parent waiting on the queue
+        q.put({"error": f"{type(e).__name__}: {e}"})
+        raise
+
+
+def _work(engine: str, args: dict, prompts: list[str]) -> dict:
     import torch
 
     torch.set_num_threads(args["threads"])
@@ -81,17 +89,31 @@ def _worker(engine: str, args: dict, prompts: list[str], q) -> None:
                        progress=False, stop=stop)
     seconds = time.perf_counter() - t0
     tokens = sum(len(tok(o, add_special_tokens=False)["input_ids"]) for o in out)
-    q.put({"engine": engine, "seconds": seconds, "outputs": out, "tokens": tokens,
-           "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})
+    return {"engine": engine, "seconds": seconds, "outputs": out, "tokens": tokens,
+            "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
-def _run(engine: str, args: dict, prompts: list[str]) -> dict:
+def _run(engine: str, args: dict, prompts: list[str], keep: Path | None) -> dict:
+    """One engine in a fresh process; with ``keep``, a finished engine's result (outputs included)
+    is saved there and reused by a rerun with the same settings and prompts."""
+    from asft.fileio import content_hash, read_json, write_json
+
+    key = content_hash({"engine": engine, "args": {k: v for k, v in args.items() if k != "items"},
+                        "prompts": prompts})
+    path = keep / f"{engine}-{key}.json" if keep else None
+    if path is not None and path.is_file():
+        print("  (reused)", flush=True)
+        return read_json(path)
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
     p = ctx.Process(target=_worker, args=(engine, args, prompts, q))
     p.start()
     res = q.get()
     p.join()
+    if "error" in res:
+        raise SystemExit(f"{engine} failed: {res['error']}")
+    if path is not None:
+        write_json(path, res)
     return res
 
 
@@ -146,6 +168,7 @@ def main() -> None:
     ap.add_argument("--bf16", action="store_true", help="also the current engine in bfloat16")
     ap.add_argument("--engines", nargs="+", default=["reference", "previous", "current"])
     ap.add_argument("--out", help="JSON path (default benchmarks/results/eval_throughput_<name>.json)")
+    ap.add_argument("--keep", help="folder keeping each engine's raw result (outputs too): a rerun reuses them")
     args = ap.parse_args()
     from asft.evaluate import suite_spec
 
@@ -160,7 +183,7 @@ def main() -> None:
     for e in engines:
         sub = prompts[: args.reference_limit] if e == "reference" else prompts
         print(f"{e}: {len(sub)} prompts ...", flush=True)
-        results[e] = _run(e, shared, sub)
+        results[e] = _run(e, shared, sub, Path(args.keep) if args.keep else None)
         r = results[e]
         print(f"  {r['seconds']:.1f}s, {len(sub) / r['seconds']:.3f} prompts/s", flush=True)
     cur = results.get("current")

@@ -25,7 +25,7 @@ def toy(toy_world, tmp_path_factory):
     from asft.anchor import compute_anchor, load_anchor
 
     root = tmp_path_factory.mktemp("landscape")
-    path = compute_anchor(toy_world.base, toy_world.aligned, out=root / "anchor.safetensors")
+    compute_anchor(toy_world.base, toy_world.aligned, out=root / "anchor.safetensors")
     return toy_world, load_anchor(root / "anchor.safetensors"), root / "anchor.safetensors"
 
 

@@ -231,11 +231,12 @@ def run_landscape(model_dir, anchor_path, out, *, dirs: Sequence[str] = ("align"
         directions["adapter"] = _normalise(adapter_update(adapter, list(weights)), weights, norm)
     suites = [suite] + ([task_suite] if task_suite else [])
 
-    def score() -> dict:
-        res = evaluate_model(model, tok, suites, data_dir, judge=judge, template=template, batch_size=batch_size,
+    def score(with_task: bool = True) -> dict:
+        names = suites if with_task else [suite]
+        res = evaluate_model(model, tok, names, data_dir, judge=judge, template=template, batch_size=batch_size,
                              limit=limit, progress=False)
         row = {"hs": res[suite].hs}
-        if task_suite:
+        if task_suite and with_task:
             row["fa"] = res[task_suite].fa
         return row
 
@@ -255,7 +256,8 @@ def run_landscape(model_dir, anchor_path, out, *, dirs: Sequence[str] = ("align"
         n2 = steps_2d or steps
         axis = [span[0] + (span[1] - span[0]) * i / n2 for i in range(n2 + 1)]
         grid = [[a, b] for b in axis for a in axis]
-        rows = scan(model, weights, [directions["align"], directions["random"]], grid, score)
+        # the plane shows HS only: the task suite would multiply its cost for a picture of one number
+        rows = scan(model, weights, [directions["align"], directions["random"]], grid, lambda: score(False))
         doc["two_d"] = {"alpha": axis, "beta": axis,
                         "hs": [[rows[j * len(axis) + i]["hs"] for i in range(len(axis))] for j in range(len(axis))]}
     doc["marks"] = []

@@ -176,12 +176,14 @@ def landscape_plots(doc: dict, out_dir: str | Path) -> list[Path]:
     if "two_d" in doc:
         fig, ax = plt.subplots(figsize=(6.0, 5.0))
         t = doc["two_d"]
-        cs = ax.contourf(t["alpha"], t["beta"], t["hs"], levels=11, cmap="RdYlGn_r", vmin=0, vmax=100)
+        cs = ax.contourf(t["alpha"], t["beta"], t["hs"], levels=[10 * i for i in range(11)], cmap="RdYlGn_r",
+                         extend="neither")
         fig.colorbar(cs, ax=ax, label="harmful score HS %")
         for m in doc.get("marks", []):
             ax.plot(m["alpha"], m["beta"], "k*", ms=10)
-            ax.annotate(Path(m["adapter"]).name, (m["alpha"], m["beta"]), fontsize=7, xytext=(4, 4),
-                        textcoords="offset points")
+            name = Path(m["adapter"]).name
+            name = Path(m["adapter"]).parent.name if name == "adapter" else name  # runs/<run>/adapter
+            ax.annotate(name, (m["alpha"], m["beta"]), fontsize=7, xytext=(4, 4), textcoords="offset points")
         ax.set_xlabel("alpha: alignment direction")
         ax.set_ylabel("beta: random direction orthogonal to it")
         fig.tight_layout()
