@@ -171,7 +171,7 @@ def basin_width(alphas: Sequence[float], hs: Sequence[float], tol: float = 10.0)
         for i in rng:
             if abs(hs[i] - h0) > tol:
                 break
-            w = abs(alphas[i] - alphas[centre])
+            w = round(abs(alphas[i] - alphas[centre]), 9)
         widths[side] = w
     widths["min"] = min(widths["neg"], widths["pos"])
     return widths
