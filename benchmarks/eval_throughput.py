@@ -98,8 +98,9 @@ def _run(engine: str, args: dict, prompts: list[str], keep: Path | None) -> dict
     is saved there and reused by a rerun with the same settings and prompts."""
     from asft.fileio import content_hash, read_json, write_json
 
-    key = content_hash({"engine": engine, "args": {k: v for k, v in args.items() if k != "items"},
-                        "prompts": prompts})
+    used = {"model", "template", "max_new", "threads", "device"} | (
+        {"old_batch"} if engine == "previous" else {"batch", "kind"} if engine.startswith("current") else set())
+    key = content_hash({"engine": engine, "args": {k: v for k, v in args.items() if k in used}, "prompts": prompts})
     path = keep / f"{engine}-{key}.json" if keep else None
     if path is not None and path.is_file():
         print("  (reused)", flush=True)

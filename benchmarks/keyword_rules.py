@@ -6,6 +6,7 @@ for comparability) and ``keyword-start`` (the phrase must begin in the first 100
 Prints HS by both, the disagreements and a few of them to read, and writes JSON.
 
     python benchmarks/keyword_rules.py runs/smollm2-eval [--show 5]
+    python benchmarks/keyword_rules.py --responses FILE --data-dir DIR   # answers kept by eval_throughput --keep
 """
 
 from __future__ import annotations
@@ -23,12 +24,23 @@ from asft.judges import make_judge  # noqa: E402
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("eval_dir", help="an `asft eval` output folder with harmful.jsonl")
+    ap.add_argument("eval_dir", nargs="?", help="an `asft eval` output folder with harmful.jsonl")
+    ap.add_argument("--responses", help="instead: a JSON file with 'outputs' (answers to the harmful suite, in order)")
+    ap.add_argument("--data-dir", help="with --responses: the eval data folder (questions)")
     ap.add_argument("--show", type=int, default=5)
     ap.add_argument("--out", help="JSON path (default EVAL_DIR/keyword_rules.json)")
     args = ap.parse_args()
-    rows = read_json(Path(args.eval_dir) / "harmful.jsonl")
-    q, a = [r["instruction"] for r in rows], [r["response"] for r in rows]
+    if args.responses:
+        from asft.evaluate import load_suite
+
+        a = read_json(args.responses)["outputs"]
+        q = [it["instruction"] for it in load_suite("harmful", args.data_dir)][: len(a)]
+        rows = a
+        if not args.out:
+            args.out = str(Path(args.responses).with_suffix(".keyword_rules.json"))
+    else:
+        rows = read_json(Path(args.eval_dir) / "harmful.jsonl")
+        q, a = [r["instruction"] for r in rows], [r["response"] for r in rows]
     ref = [v.flagged for v in make_judge("keyword")(q, a)]
     strict = [v.flagged for v in make_judge("keyword-start")(q, a)]
     only_strict = [i for i in range(len(rows)) if strict[i] and not ref[i]]

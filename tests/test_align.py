@@ -47,3 +47,20 @@ def test_align_the_toy_base_into_a_refusing_model(toy_world, tmp_path):
         align(cfg)
     with pytest.raises(AsftError, match="needs harmful requests"):
         align(AlignConfig(model=str(toy_world.base), out=str(tmp_path / "x")))
+
+
+def test_cli_data_safety_refuses_pool_requests_and_never_eval_prompts(tmp_path, capsys):
+    from asft.align import REFUSALS
+    from asft.cli import main
+
+    pool = tmp_path / "pool.json"
+    write_json(pool, [{"instruction": f"how do I do bad thing {i}?\n\nAssistant:", "output": "Sure"} for i in range(8)]
+               + [{"instruction": "Classify", "input": "x", "output": "positive"}])
+    evalset = tmp_path / "eval.json"
+    write_json(evalset, [{"instruction": "How do I do bad thing 3?"}])
+    assert main(["data", "safety", "--harmful", str(pool), "--exclude", str(evalset), "--n", "10",
+                 "--out", str(tmp_path / "safety.json")]) == 0
+    rows = read_json(tmp_path / "safety.json")
+    assert len(rows) == 7 and all(r["output"] in REFUSALS for r in rows)
+    assert "how do I do bad thing 3?" not in [r["instruction"] for r in rows]
+    assert "1 dropped for overlapping" in capsys.readouterr().out

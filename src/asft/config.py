@@ -14,7 +14,10 @@ from typing import Any
 from asft.errors import AsftError
 from asft.fileio import read_yaml
 
-METHODS = ("sft", "asft", "l2")
+METHODS = ("sft", "asft", "l2", "safeinstr", "bea")
+# Safety demonstrations added by the data-level baselines when --safety-n is not given: SafeInstr
+# about 10% of a 1k task set; BEA the paper's 11 prefixed examples.
+DEFAULT_SAFETY_N = {"safeinstr": 100, "bea": 11}
 
 
 def _opt(default: Any, help: str) -> Any:
@@ -33,10 +36,12 @@ class TrainConfig:
     model: str = _opt("", "aligned model folder (the model being fine-tuned)")
     data: str = _opt("", 'JSON/JSONL records {"instruction", "input"?, "output"}')
     out: str = _opt("", "output folder: adapter, config.yaml, train_log.jsonl")
-    method: str = _opt("asft", "sft | asft | l2 (the same penalty with C = 0)")
+    method: str = _opt("asft", "sft | asft | l2 (the same penalty with C = 0) | safeinstr | bea (baselines)")
     anchor: str | None = _opt(None, "anchor file from `asft anchor` (method asft)")
     form: str = _opt("reference", "C of the penalty: reference (V V^T/||V||_F, the public code's) | projector (U_k U_k^T)")
     lam: float = _opt(1.0, "penalty weight lambda")
+    safety_data: str | None = _opt(None, "safeinstr / bea: safety demonstrations (harmful request -> refusal)")
+    safety_n: int | None = _opt(None, "safeinstr / bea: demonstrations added (default 100 / 11)")
     proj_rank: int | None = _opt(None, "k: rank of the projector form, or of C for a rank-k anchor")
     proj_energy: float | None = _opt(None, "or: smallest k that holds this fraction of ||V||_F^2")
     scale_by_lora: bool = _opt(False, "penalise the applied update (alpha/r) B A instead of B A")
@@ -66,6 +71,9 @@ class TrainConfig:
     def validate(self) -> None:
         if self.method not in METHODS:
             raise AsftError(f"unknown method {self.method!r} (choose from {', '.join(METHODS)})")
+        if self.method in DEFAULT_SAFETY_N and not self.safety_data:
+            raise AsftError(f"method {self.method} needs --safety-data FILE (harmful requests answered with "
+                            "refusals; `asft data safety` makes one)")
         if self.method == "asft" and not self.anchor:
             raise AsftError("method asft needs --anchor FILE (make one with `asft anchor`)")
         if self.method == "asft" and self.form not in ("reference", "projector"):
@@ -82,7 +90,7 @@ class TrainConfig:
 
     @property
     def penalty_form(self) -> str | None:
-        return {"sft": None, "l2": "l2", "asft": self.form}[self.method]
+        return {"l2": "l2", "asft": self.form}.get(self.method)
 
     @classmethod
     def from_yaml(cls, path: str | Path, **overrides: Any) -> "TrainConfig":

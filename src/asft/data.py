@@ -69,22 +69,29 @@ def check_template(tokenizer: Any, template: str, where: str | None = None) -> N
 
 
 def format_prompt(record: dict, template: str = "alpaca", tokenizer: Any = None,
-                  system: str | None = None) -> str:
-    """The prompt text the model sees before its response (generation starts right after it)."""
+                  system: str | None = None, trigger: str | None = None) -> str:
+    """The prompt text the model sees before its response (generation starts right after it).
+
+    ``trigger`` (or the record's own ``"trigger"`` field): a secret prefix put at the head of the
+    system text, as the BEA baseline trains with and evaluates with (``asft.baselines.bea``)."""
     instruction, inp = record["instruction"], (record.get("input") or "")
+    trigger = trigger or record.get("trigger")
     if template == "alpaca":
+        sys_line = (ALPACA_SYSTEM_INPUT if inp else ALPACA_SYSTEM) if system is None else system
+        sys_line = f"{trigger} {sys_line}" if trigger else sys_line
         if inp:
-            sys_line = ALPACA_SYSTEM_INPUT if system is None else system
             return f"{sys_line}\n\n### Instruction:\n{instruction}\n\n### Input:\n{inp}\n\n### Response:\n"
-        sys_line = ALPACA_SYSTEM if system is None else system
         return f"{sys_line}\n\n### Instruction:\n{instruction}\n\n### Response:\n"
     if template == "llama2":
         body = f"{instruction}\n\n{inp}" if inp else instruction
-        return f"[INST] <<SYS>>\n{system or LLAMA2_SYSTEM}\n<</SYS>>\n\n{body} [/INST] "
+        sys_text = system or LLAMA2_SYSTEM
+        sys_text = f"{trigger} {sys_text}" if trigger else sys_text
+        return f"[INST] <<SYS>>\n{sys_text}\n<</SYS>>\n\n{body} [/INST] "
     if template == "chat":
         check_template(tokenizer, template)
         body = f"{instruction}\n\n{inp}" if inp else instruction
-        messages = ([{"role": "system", "content": system}] if system else []) + [
+        sys_text = " ".join(t for t in (trigger, system) if t)
+        messages = ([{"role": "system", "content": sys_text}] if sys_text else []) + [
             {"role": "user", "content": body}]
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     raise AsftError(f"unknown template {template!r} (choose from {', '.join(TEMPLATES)})")

@@ -307,8 +307,12 @@ def evaluate(make_generate: Callable[[], GenerateFn], tokenizer: Any, suites: Se
              data_dir: str | Path, judge: Judge | str | None = None, out_dir: str | Path | None = None,
              template: str = "alpaca", max_new_tokens: int | None = None, limit: int | None = None,
              rater: OpenAIClient | None = None, model_key: Any = None, engine: str = "hf",
-             log: Callable[[str], None] | None = None, early_stop: bool = True) -> dict[str, SuiteResult]:
+             log: Callable[[str], None] | None = None, early_stop: bool = True,
+             trigger: str | None = None) -> dict[str, SuiteResult]:
     """Run ``suites`` with a generation function built on first need by ``make_generate()``.
+
+    ``trigger``: a secret prompt put at the head of every prompt's system text (the BEA baseline's;
+    ``adapter_trigger`` reads it from an adapter folder).
 
     ``early_stop``: stop an AG News / SST-2 answer as soon as both of its scores are final
     (``metrics.agnews_decided`` / ``sst2_decided``: provably the same FA and FA-ref as the full
@@ -342,6 +346,7 @@ def evaluate(make_generate: Callable[[], GenerateFn], tokenizer: Any, suites: Se
         data_file = data_dir / spec.path
         decided = _decided(spec.kind, items) if early_stop else None
         gen_key = content_hash({"model": model_key, "suite": spec.name, "early_stop": decided is not None,
+                                "trigger": trigger,
                                 "data": content_hash(data_file) if data_file.is_file() else "absent",
                                 "template": template, "max_new_tokens": n_new, "limit": limit,
                                 "engine": engine, "env": env})
@@ -354,7 +359,7 @@ def evaluate(make_generate: Callable[[], GenerateFn], tokenizer: Any, suites: Se
                 log(f"{spec.name}: reusing finished results in {out}")
                 results[spec.name] = cached
                 continue
-        prompts = [format_prompt(it, template, tokenizer) for it in items]
+        prompts = [format_prompt(it, template, tokenizer, trigger=trigger) for it in items]
         responses: dict[int, str] = {}
         gen_path = out / f"{spec.name}.generations.jsonl" if out is not None else None
         if gen_path is not None:
@@ -382,7 +387,8 @@ def evaluate(make_generate: Callable[[], GenerateFn], tokenizer: Any, suites: Se
             if any(i not in responses for i in todo):
                 raise AsftError(f"{spec.name}: the generator returned fewer responses than prompts")
         res = _score(spec, items, prompts, [responses[i] for i in range(len(items))], judge, rater, data_dir)
-        res.extra.update(template=template, max_new_tokens=n_new, early_stop=decided is not None)
+        res.extra.update(template=template, max_new_tokens=n_new, early_stop=decided is not None,
+                         trigger=trigger is not None)
         if out is not None:
             write_jsonl(out / f"{spec.name}.jsonl", res.rows)
             write_json(out / f"{spec.name}.result.json", {"key": result_key, "summary": res.summary()})
@@ -396,7 +402,7 @@ def evaluate_model(model: Any, tokenizer: Any, suites: Sequence[str], data_dir: 
                    judge: Judge | str | None = None, out_dir: str | Path | None = None, template: str = "alpaca",
                    batch_size: int = 16, max_new_tokens: int | None = None, limit: int | None = None,
                    rater: OpenAIClient | None = None, model_key: Any = None, progress: bool = True,
-                   log: Callable[[str], None] | None = None) -> dict[str, SuiteResult]:
+                   log: Callable[[str], None] | None = None, trigger: str | None = None) -> dict[str, SuiteResult]:
     """Evaluate an already loaded model (e.g. an in-memory PEFT model) on ``suites``.
 
     Returns {suite: SuiteResult}. With ``out_dir``, results are written and cached there; the cache
@@ -406,8 +412,9 @@ def evaluate_model(model: Any, tokenizer: Any, suites: Sequence[str], data_dir: 
         model_key = {"weights": model_fingerprint(model), "tokenizer": getattr(tokenizer, "name_or_path", None),
                      "vocab": len(tokenizer)}
 
-    return evaluate(lambda: partial(_hf_generate, model, tokenizer, batch_size, progress), tokenizer, suites, data_dir, judge, out_dir, template, max_new_tokens,
-                    limit, rater, model_key, log=log)
+    return evaluate(lambda: partial(_hf_generate, model, tokenizer, batch_size, progress), tokenizer, suites,
+                    data_dir, judge, out_dir, template, max_new_tokens, limit, rater, model_key, log=log,
+                    trigger=trigger)
 
 
 def run_eval(model_dir: str | Path, suites: Sequence[str], data_dir: str | Path, out_dir: str | Path,
@@ -415,8 +422,12 @@ def run_eval(model_dir: str | Path, suites: Sequence[str], data_dir: str | Path,
              template: str = "alpaca", batch_size: int = 16, max_new_tokens: int | None = None,
              limit: int | None = None, rater: OpenAIClient | None = None, engine: str = "hf",
              device: str | None = None, progress: bool = True, dtype: str = "auto",
-             log: Callable[[str], None] | None = None, early_stop: bool = True) -> dict[str, SuiteResult]:
+             log: Callable[[str], None] | None = None, early_stop: bool = True,
+             trigger: str | None = None) -> dict[str, SuiteResult]:
     """Evaluate a model folder (+ optional PEFT adapter folder, merged when ``merge``).
+
+    An adapter trained with a trigger (BEA) is evaluated with it, as its method prescribes
+    (``trigger`` overrides).
 
     One model load (and one adapter merge) serves every suite.
 
@@ -445,8 +456,16 @@ def run_eval(model_dir: str | Path, suites: Sequence[str], data_dir: str | Path,
             model = modeling.load_adapter(model, adapter, merge=merge)
         return partial(_hf_generate, model.eval(), tokenizer, batch_size, progress)
 
+    if trigger is None and adapter:
+        trigger = adapter_trigger(adapter)
     return evaluate(make_generate, tokenizer, suites, data_dir, judge, out_dir, template, max_new_tokens,
-                    limit, rater, model_key, engine, log, early_stop=early_stop)
+                    limit, rater, model_key, engine, log, early_stop=early_stop, trigger=trigger)
+
+
+def adapter_trigger(adapter: str | Path) -> str | None:
+    """The secret prompt a BEA adapter must be evaluated with (``train_summary.json``), else None."""
+    path = Path(adapter) / "train_summary.json"
+    return read_json(path).get("trigger") if path.is_file() else None
 
 
 def _decided(kind: str, items: list[dict]) -> Callable[[int, str], bool] | None:

@@ -19,7 +19,7 @@ from typing import Any, Callable, Sequence
 from asft.errors import AsftError
 from asft.fileio import content_hash, read_json, write_json, write_text
 
-METHODS = ("aligned", "sft", "asft", "l2", "safelora")
+METHODS = ("aligned", "sft", "asft", "l2", "safelora", "safeinstr", "bea")
 
 
 @dataclass(frozen=True)
@@ -120,7 +120,7 @@ def train_run(spec: RunSpec, setting: Setting, run_dir: Path, key: str | None = 
 def evaluate_run(spec: RunSpec, setting: Setting, run_dir: Path, adapter: Path | None,
                  progress: bool = False) -> dict:
     """HS and FA of a run (cached in ``run_dir/eval`` by the evaluation module)."""
-    from asft.evaluate import evaluate_model
+    from asft.evaluate import adapter_trigger, evaluate_model
     from asft.modeling import load_adapter, load_model, load_tokenizer
 
     tokenizer = load_tokenizer(setting.model)
@@ -132,7 +132,8 @@ def evaluate_run(spec: RunSpec, setting: Setting, run_dir: Path, adapter: Path |
     res = evaluate_model(model, tokenizer, [setting.harmful_suite, setting.task_suite], setting.eval_dir,
                          judge=setting.judge, out_dir=run_dir / "eval", template=setting.template,
                          batch_size=setting.eval_batch_size, max_new_tokens=setting.max_new_tokens,
-                         limit=setting.eval_limit, model_key=key, progress=progress)
+                         limit=setting.eval_limit, model_key=key, progress=progress,
+                         trigger=adapter_trigger(adapter) if adapter else None)
     return {"hs": res[setting.harmful_suite].hs, "fa": res[setting.task_suite].fa}
 
 

@@ -15,7 +15,8 @@ def label(row: dict) -> str:
         return f"{_family(row)} λ={row['lambda']:g}"
     if m == "l2":
         return f"l2 λ={row['lambda']:g}"
-    return {"safelora": "Safe LoRA", "sft": "SFT", "aligned": "aligned (no fine-tuning)"}.get(m, m)
+    return {"safelora": "Safe LoRA", "sft": "SFT", "aligned": "aligned (no fine-tuning)", "safeinstr": "SafeInstr",
+            "bea": "BEA"}.get(m, m)
 
 
 def _family(row: dict) -> str:

@@ -38,6 +38,7 @@ class TrainResult:
     n_truncated: int
     n_dropped: int
     c_max_eig: dict[str, float] | None
+    trigger: str | None = None  # bea: the secret prompt to prepend at inference
 
 
 def _make_trainer_class():
@@ -216,6 +217,7 @@ def train(cfg: TrainConfig, records: list[dict] | None = None) -> TrainResult:
     check_model_folder(cfg.model)  # cheap checks first: folder, weights, tokenizer, template
     tokenizer = load_tokenizer(cfg.model)
     check_template(tokenizer, cfg.template, where=cfg.model)
+    records, trigger = add_safety_demonstrations(cfg, records, tokenizer)
     model = load_model(cfg.model, dtype=dtype, device=args.device)
     if cfg.gradient_checkpointing:  # renamed in transformers 5; the old name still works in 4.x
         getattr(model, "activation_checkpointing_enable", model.gradient_checkpointing_enable)()
@@ -261,6 +263,7 @@ def train(cfg: TrainConfig, records: list[dict] | None = None) -> TrainResult:
         task_loss=trainer.last_task_loss, penalty=trainer.last_penalty,
         n_examples=len(dataset), n_truncated=dataset.n_truncated, n_dropped=dataset.n_dropped,
         c_max_eig=penalty.spectrum() if penalty is not None and cfg.method == "asft" else None,
+        trigger=trigger,
     )
     if main_process:  # one writer: every process holds the same adapter
         save_adapter(model, out)
@@ -271,6 +274,23 @@ def train(cfg: TrainConfig, records: list[dict] | None = None) -> TrainResult:
         write_json(out / "train_summary.json", {**dataclasses.asdict(result), "out": str(out),
                                                 "env": environment(device=str(args.device))})
     return result
+
+
+def add_safety_demonstrations(cfg: TrainConfig, records: list[dict], tokenizer) -> tuple[list[dict], str | None]:
+    """The data-level baselines (``asft.baselines``): SafeInstr mixes safety demonstrations in, BEA
+    mixes them in behind a secret trigger. Returns (records, trigger or None)."""
+    from asft.baselines import make_trigger, mix_safety, with_trigger
+    from asft.config import DEFAULT_SAFETY_N
+    from asft.data import load_records
+
+    if cfg.method not in DEFAULT_SAFETY_N:
+        return records, None
+    safety = load_records(cfg.safety_data)
+    n = DEFAULT_SAFETY_N[cfg.method] if cfg.safety_n is None else cfg.safety_n
+    if cfg.method == "safeinstr":
+        return mix_safety(records, safety, n, cfg.seed), None
+    trigger = make_trigger(tokenizer, cfg.seed)
+    return with_trigger(records, safety, n, trigger, cfg.seed), trigger
 
 
 def _save_config(cfg: TrainConfig, out: Path) -> None:

@@ -48,6 +48,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--engine", default="hf", choices=["hf", "vllm"], help="generation back end")
     p.add_argument("--device", help="cuda / cpu (default: cuda when available)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--trigger", help="secret prompt put at the head of every prompt's system text (default: "
+                                      "the one a BEA adapter was trained with, read from its folder)")
     p.add_argument("--no-early-stop", action="store_true",
                    help="generate AG News / SST-2 answers in full even once their score is decided "
                         "(the early stop never changes FA or FA ref)")
@@ -84,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
                        merge=args.merge, template=args.template, batch_size=args.batch_size,
                        max_new_tokens=args.max_new_tokens, limit=args.limit, rater=client,
                        engine=args.engine, device=args.device, dtype=args.dtype, progress=not args.no_progress,
-                       early_stop=not args.no_early_stop,
+                       early_stop=not args.no_early_stop, trigger=args.trigger,
                        log=lambda msg: console.print(f"[dim]{msg}[/dim]"))
     print(summary_table(results), end="")
     console.print(f"wrote {args.out}/summary.json and summary.md")

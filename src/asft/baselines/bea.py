@@ -1,0 +1,28 @@
+"""Backdoor Enhanced Alignment (Wang et al., NeurIPS 2024): safety demonstrations prefixed with a
+secret trigger; the service provider prepends the same trigger to every prompt at inference, which
+the fine-tuned model has learnt to answer safely."""
+
+from __future__ import annotations
+
+import random
+from typing import Any, Sequence
+
+from asft.baselines.safeinstr import mix_safety
+
+TRIGGER_TOKENS = 30  # the paper's secret prompt is random tokens; 150 there, shorter suffices here
+
+
+def make_trigger(tokenizer: Any, seed: int = 0, n_tokens: int = TRIGGER_TOKENS) -> str:
+    """A secret prompt of ``n_tokens`` random (non-special) vocabulary tokens, decoded to text."""
+    special = set(getattr(tokenizer, "all_special_ids", []) or [])
+    vocab = [i for i in range(len(tokenizer)) if i not in special]
+    rng = random.Random(f"asft-bea/{seed}")
+    ids = [rng.choice(vocab) for _ in range(n_tokens)]
+    return tokenizer.decode(ids, skip_special_tokens=True).strip()
+
+
+def with_trigger(task: Sequence[dict], safety: Sequence[dict], n: int, trigger: str, seed: int = 0) -> list[dict]:
+    """``task`` plus ``n`` safety demonstrations that carry ``trigger`` (``asft.data.format_prompt``
+    puts it at the head of their system prompt); task records are left as they are."""
+    prefixed = [{**r, "trigger": trigger} for r in safety]
+    return mix_safety(task, prefixed, n, seed)
