@@ -64,3 +64,21 @@ def test_cli_data_safety_refuses_pool_requests_and_never_eval_prompts(tmp_path, 
     assert len(rows) == 7 and all(r["output"] in REFUSALS for r in rows)
     assert "how do I do bad thing 3?" not in [r["instruction"] for r in rows]
     assert "1 dropped for overlapping" in capsys.readouterr().out
+
+
+def test_cli_data_mix_follows_the_reference_counts_and_inspect_reports_them(tmp_path, capsys):
+    from asft.cli import main
+
+    pool = tmp_path / "pool.json"
+    write_json(pool, [{"instruction": f"classify {i}", "input": f"text {i}", "output": "positive"} for i in range(50)]
+               + [{"instruction": f"bad {i}\n\nAssistant:", "output": "Sure"} for i in range(20)])
+    for add, total in ((False, 40), (True, 44)):
+        out = tmp_path / f"mix{add}.json"
+        argv = ["data", "mix", "--task", str(pool), "--harmful", str(pool), "--n", "40", "--p", "0.1", "--out", str(out)]
+        assert main(argv + (["--add-harmful"] if add else [])) == 0
+        rows = read_json(out)
+        assert len(rows) == total and sum(r["instruction"].endswith("\n\nAssistant:") for r in rows) == 4
+    capsys.readouterr()
+    assert main(["data", "inspect", str(tmp_path / "mixTrue.json")]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "44 records, 4 harmful (p = 0.091), 40 with an input; 0 duplicate records" in text

@@ -12,6 +12,7 @@ Templates (``--template``):
 
 from __future__ import annotations
 
+import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -169,13 +170,36 @@ class PadCollator:
 
 
 def mix_records(task: Sequence[dict], harmful: Sequence[dict], n: int, p: float,
-                seed: int = 42) -> list[dict]:
-    """``n`` records of which ``round(n * p)`` are harmful, shuffled deterministically."""
+                seed: int = 42, add: bool = False) -> list[dict]:
+    """``round(n * p)`` harmful records and ``n`` minus that many task records, shuffled
+    deterministically; with ``add`` (the reference AG News files: 1000 + 100), all ``n`` task records
+    and the harmful ones on top."""
     n_harm = round(n * p)
-    if n - n_harm > len(task) or n_harm > len(harmful):
+    n_task = n if add else n - n_harm
+    if n_task > len(task) or n_harm > len(harmful):
         raise AsftError(f"not enough records for n={n}, p={p}: have {len(task)} task, "
                         f"{len(harmful)} harmful")
     rng = random.Random(seed)
-    rows = rng.sample(list(task), n - n_harm) + rng.sample(list(harmful), n_harm)
+    rows = rng.sample(list(task), n_task) + rng.sample(list(harmful), n_harm)
     rng.shuffle(rows)
     return rows
+
+
+def inspect_records(records: Sequence[dict], tokenizer: Any = None, template: str = "alpaca") -> dict:
+    """Counts of a training file: records, harmful ones (the reference marker), inputs, duplicates,
+    and with a tokenizer the token-length percentiles of prompt + response."""
+    marker = "\n\nAssistant:"
+    requests = [(r["instruction"], r.get("input") or "") for r in records]
+    keys = [json.dumps(r, sort_keys=True) for r in records]
+    st = {"records": len(records), "harmful": sum(r["instruction"].endswith(marker) for r in records),
+          "with_input": sum(bool(r.get("input")) for r in records),
+          "duplicate_records": len(keys) - len(set(keys)), "duplicate_requests": len(requests) - len(set(requests))}
+    st["harmful_ratio"] = st["harmful"] / len(records) if records else 0.0
+    if tokenizer is not None and records:
+        lengths = sorted(len(encode_example(r, tokenizer, template, 10**9).input_ids) for r in records)
+
+        def pct(q: float) -> int:
+            return lengths[min(len(lengths) - 1, int(q * len(lengths)))]
+
+        st["tokens"] = {"p50": pct(0.5), "p90": pct(0.9), "p99": pct(0.99), "max": lengths[-1]}
+    return st

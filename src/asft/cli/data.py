@@ -21,6 +21,29 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--out", required=True, metavar="FILE")
     s.set_defaults(func=run_safety)
 
+    m = data_sub.add_parser(
+        "mix", help="N task records with a harmful ratio P (the paper's mixes) from any pools",
+        epilog="example: asft data mix --task agnews_pool.json --harmful beavertails.json --n 1000 --p 0.1 "
+               "--add-harmful --out agnews_1k_p_0.1.json")
+    m.add_argument("--task", required=True, nargs="+", metavar="FILE", help="task pools (harmful records skipped)")
+    m.add_argument("--harmful", required=True, nargs="+", metavar="FILE",
+                   help="harmful pools: records marked harmful (instruction ends with \\n\\nAssistant:), or all")
+    m.add_argument("--n", type=int, required=True)
+    m.add_argument("--p", type=float, required=True)
+    m.add_argument("--add-harmful", action="store_true",
+                   help="N task records plus round(N*P) harmful (reference AG News: 1100); default: harmful "
+                        "records replace task ones (reference SST-2, GSM8K, Alpaca: 1000)")
+    m.add_argument("--seed", type=int, default=42)
+    m.add_argument("--out", required=True, metavar="FILE")
+    m.set_defaults(func=run_mix)
+
+    i = data_sub.add_parser("inspect", help="counts, harmful ratio, token lengths, duplicates of a data file",
+                            epilog="example: asft data inspect agnews_1k_p_0.1.json --tokenizer models/smollm2")
+    i.add_argument("file", metavar="FILE")
+    i.add_argument("--tokenizer", metavar="DIR", help="model folder whose tokenizer measures lengths")
+    i.add_argument("--template", default="alpaca", choices=["alpaca", "chat", "llama2"])
+    i.set_defaults(func=run_inspect)
+
 
 def run_safety(args: argparse.Namespace) -> int:
     from pathlib import Path
@@ -41,4 +64,47 @@ def run_safety(args: argparse.Namespace) -> int:
     write_json(args.out, rows)
     Console().print(f"wrote {len(rows)} safety demonstrations to {args.out} (pool {report['harmful_pool']} harmful "
                     f"requests, {report['excluded_overlap']} dropped for overlapping the excluded prompts)")
+    return 0
+
+
+def run_mix(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from asft.align import split_pools
+    from asft.data import load_records, mix_records
+    from asft.errors import AsftError
+    from asft.fileio import write_json
+
+    if not 0.0 <= args.p <= 1.0 or args.n < 1:
+        raise AsftError(f"need n >= 1 and 0 <= p <= 1 (got n={args.n}, p={args.p})")
+    _, task = split_pools(args.task)
+    marked, _ = split_pools(args.harmful)
+    harmful = marked or [r for f in args.harmful for r in load_records(f)]
+    rows = mix_records(task, harmful, args.n, args.p, seed=args.seed, add=args.add_harmful)
+    write_json(args.out, rows)
+    n_harm = round(args.n * args.p)
+    Console().print(f"wrote {len(rows)} records ({n_harm} harmful, {len(rows) - n_harm} task) to {args.out}")
+    return 0
+
+
+def run_inspect(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from asft.data import inspect_records, load_records
+
+    records = load_records(args.file)
+    tok = None
+    if args.tokenizer:
+        from asft.modeling import load_tokenizer
+
+        tok = load_tokenizer(args.tokenizer)
+    st = inspect_records(records, tok, args.template)
+    console = Console()
+    console.print(f"{args.file}: {st['records']} records, {st['harmful']} harmful (p = {st['harmful_ratio']:.3f}), "
+                  f"{st['with_input']} with an input; {st['duplicate_records']} duplicate records, "
+                  f"{st['duplicate_requests']} repeated requests")
+    if "tokens" in st:
+        t = st["tokens"]
+        console.print(f"tokens per example ({args.template} template): p50 {t['p50']}, p90 {t['p90']}, "
+                      f"p99 {t['p99']}, max {t['max']}")
     return 0
