@@ -52,7 +52,7 @@ def _normalise(d: Direction, weights: dict[str, torch.Tensor], norm: str) -> Dir
     out = {}
     for m, t in d.items():
         n = float(t.norm())
-        out[m] = t * (float(weights[m].float().norm()) / n) if n > 0 else t
+        out[m] = t * (float(weights[m].detach().float().norm()) / n) if n > 0 else t
     return out
 
 
