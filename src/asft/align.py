@@ -61,6 +61,17 @@ def request_of(record: dict) -> str:
     return f"{instruction}\n\n{inp}" if inp else instruction
 
 
+def reference_files(reference: str | os.PathLike) -> tuple[list[str], list[str], list[str]]:
+    """(harmful pools, benign pools, excluded prompt files) of the reference data folder: every
+    training mix, the Alpaca mixes, and the 250 harmful-score prompts."""
+    ref = Path(reference)
+    if not (ref / "train").is_dir():
+        raise AsftError(f"{ref}: not the reference data folder (no train/)")
+    return (sorted(str(p) for p in (ref / "train").glob("*/*.json")),
+            sorted(str(p) for p in (ref / "train" / "alpaca").glob("*.json")),
+            [str(ref / "eval" / "harmful" / "saved_dataset_250.json")])
+
+
 def split_pools(paths: Sequence[str | os.PathLike]) -> tuple[list[dict], list[dict]]:
     """(harmful, benign) records of training files in the reference format, de-duplicated by request."""
     from asft.data import load_records

@@ -37,18 +37,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from rich.console import Console
 
-    from asft.align import AlignConfig, align
+    from asft.align import AlignConfig, align, reference_files
 
     harmful, benign, exclude = list(args.harmful), list(args.benign), list(args.exclude)
     if args.reference:
-        ref = Path(args.reference)
-        harmful += sorted(str(p) for p in (ref / "train").glob("*/*.json"))
-        benign += sorted(str(p) for p in (ref / "train" / "alpaca").glob("*.json"))
-        exclude.append(str(ref / "eval" / "harmful" / "saved_dataset_250.json"))
+        h, b, e = reference_files(args.reference)
+        harmful, benign, exclude = harmful + h, benign + b, exclude + e
     cfg = AlignConfig(model=args.model, out=args.out, harmful=harmful, benign=benign, exclude=exclude,
                       n_harmful=args.n_harmful, n_benign=args.n_benign, benign_targets=args.benign_targets,
                       template=args.template, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,

@@ -46,18 +46,15 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_safety(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from rich.console import Console
 
-    from asft.align import AlignConfig, build_examples
+    from asft.align import AlignConfig, build_examples, reference_files
     from asft.fileio import write_json
 
     harmful, exclude = list(args.harmful), list(args.exclude)
     if args.reference:
-        ref = Path(args.reference)
-        harmful += sorted(str(p) for p in (ref / "train").glob("*/*.json"))
-        exclude.append(str(ref / "eval" / "harmful" / "saved_dataset_250.json"))
+        h, _, e = reference_files(args.reference)
+        harmful, exclude = harmful + h, exclude + e
     cfg = AlignConfig(model="", out="", harmful=harmful, exclude=exclude, n_harmful=args.n, n_benign=0,
                       benign_targets="data", seed=args.seed)
     rows, report = build_examples(cfg)
