@@ -108,12 +108,20 @@ def content_hash(obj: Any, n: int = 16) -> str:
     every cache key. A ``Path`` hashes the file's bytes, or a folder's files (relative names and
     bytes, in name order); ``bytes`` hash as they are; anything else as canonical JSON."""
     h = hashlib.sha256()
+
+    def feed(path: Path) -> None:  # in blocks: model files need not fit in memory twice
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+
     if isinstance(obj, Path):
         if obj.is_dir():
             for f in sorted(p for p in obj.rglob("*") if p.is_file()):
-                h.update(str(f.relative_to(obj)).encode() + b"\0" + f.read_bytes() + b"\0")
+                h.update(str(f.relative_to(obj)).encode() + b"\0")
+                feed(f)
+                h.update(b"\0")
         else:
-            h.update(obj.read_bytes())
+            feed(obj)
     elif isinstance(obj, (bytes, bytearray)):
         h.update(obj)
     else:

@@ -35,6 +35,13 @@ def eos_ids(model: Any, tokenizer: Any) -> list[int]:
     return ids
 
 
+def _stop_ids(model: Any, tokenizer: Any, eos_token_id: int | list[int] | None) -> list[int]:
+    """The ids that end a response: ``eos_token_id`` when given, else ``eos_ids``."""
+    if eos_token_id is None:
+        return eos_ids(model, tokenizer)
+    return [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id)
+
+
 def pad_id(tokenizer: Any) -> int:
     """The id used for padding: pad token, else EOS (padded positions are masked either way)."""
     for tid in (tokenizer.pad_token_id, tokenizer.eos_token_id):
@@ -112,7 +119,7 @@ class _Decoder:
     def _forward(self, ids, mask, cache):
         import torch
 
-        pos = (mask.cumsum(-1) - 1).clamp(min=0)[:, -ids.shape[1]:]
+        pos = position_ids_from_mask(mask)[:, -ids.shape[1]:]
         with torch.inference_mode():
             out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache,
                              use_cache=True, logits_to_keep=1)
@@ -194,8 +201,7 @@ def generate(model: Any, tokenizer: Any, prompts: Sequence[str], max_new_tokens:
     encoded = [tokenizer(p, add_special_tokens=add_special_tokens)["input_ids"] for p in prompts]
     if any(len(e) == 0 for e in encoded):
         raise AsftError("generate: an empty prompt has no tokens to condition on")
-    stop_ids = ([eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id)) \
-        if eos_token_id is not None else eos_ids(model, tokenizer)
+    stop_ids = _stop_ids(model, tokenizer, eos_token_id)
     # Longest first: an out-of-memory error shows up in the first batch, not after an hour.
     order = sorted(range(len(prompts)), key=lambda i: -len(encoded[i]))
     results: list[str | None] = [None] * len(prompts)
@@ -248,8 +254,7 @@ def generate_reference(model: Any, tokenizer: Any, prompts: Sequence[str], max_n
     from transformers import GenerationConfig
 
     encoded = [tokenizer(p, add_special_tokens=add_special_tokens)["input_ids"] for p in prompts]
-    stop = ([eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id)) \
-        if eos_token_id is not None else eos_ids(model, tokenizer)
+    stop = _stop_ids(model, tokenizer, eos_token_id)
     pad = pad_id(tokenizer)
     gen_cfg = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
                                eos_token_id=stop or None, pad_token_id=pad, use_cache=True)

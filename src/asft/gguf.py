@@ -14,7 +14,6 @@ Any architecture transformers can read from GGUF works (Llama, Mistral, Qwen2/3,
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import time
@@ -22,17 +21,9 @@ from pathlib import Path
 from typing import Sequence
 
 from asft.errors import AsftError
-from asft.fileio import write_json
+from asft.fileio import content_hash, write_json
 
 PROBE = "The quick brown fox jumps over the lazy dog. 1 2 3"
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _require_gguf() -> None:
@@ -91,7 +82,9 @@ def _plain_copy(model):
     config = model.config
     if hasattr(config, "quantization_config"):
         del config.quantization_config
-    plain = AutoModelForCausalLM.from_config(config, **{_dtype_kw(): next(model.parameters()).dtype})
+    from asft.modeling import dtype_kwarg
+
+    plain = AutoModelForCausalLM.from_config(config, **{dtype_kwarg(): next(model.parameters()).dtype})
     missing, unexpected = plain.load_state_dict(model.state_dict(), strict=False)
     tied = {k for k in missing if "lm_head" in k and getattr(config, "tie_word_embeddings", False)}
     if set(missing) - tied or unexpected:
@@ -101,12 +94,6 @@ def _plain_copy(model):
         plain.tie_weights()
     plain.generation_config = model.generation_config
     return plain.eval()
-
-
-def _dtype_kw() -> str:
-    from asft.modeling import dtype_kwarg
-
-    return dtype_kwarg()
 
 
 def _logits(model, tokenizer):
@@ -124,8 +111,6 @@ def import_gguf(files: Sequence[str | os.PathLike], out: str | os.PathLike, dtyp
     Returns the import record (also ``out/asft_import.json``): sources with sha256, architecture,
     parameters, dtype, has_chat_template, max_abs_logit_diff (GGUF model vs reloaded folder).
     """
-    import torch
-
     from asft.modeling import DTYPES, load_model, load_tokenizer
 
     _require_gguf()
@@ -157,7 +142,7 @@ def import_gguf(files: Sequence[str | os.PathLike], out: str | os.PathLike, dtyp
             raise AsftError(f"{parts[0]}: the written folder's logits differ from the GGUF model's by "
                             f"{diff:.3g} (> {atol}); not imported")
         record = {
-            "sources": [{"file": str(p), "sha256": _sha256(p)} for p in parts],
+            "sources": [{"file": str(p), "sha256": content_hash(p, n=64)} for p in parts],
             "architecture": again.config.architectures[0] if again.config.architectures else again.config.model_type,
             "model_type": again.config.model_type,
             "parameters": sum(p.numel() for p in again.parameters()),
@@ -169,7 +154,6 @@ def import_gguf(files: Sequence[str | os.PathLike], out: str | os.PathLike, dtyp
         }
         write_json(folder / "asft_import.json", record)
         del again
-        torch.cuda.empty_cache() if torch.cuda.is_available() else None
         if out.exists():
             shutil.rmtree(out)
         os.rename(folder, out)
