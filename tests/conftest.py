@@ -10,6 +10,16 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
+def pytest_configure(config):
+    """The tests run under the library's thread policy (``asft.runtime``: $ASFT_THREADS, else half
+    the usable cores), as every CLI command does: torch's default of one thread per core
+    oversubscribes a shared machine (a toy Lisa run: 255 s at 2 threads beside a busy core, 5 s
+    at 1). Results do not depend on it."""
+    from asft.runtime import apply_threads
+
+    apply_threads()
+
+
 @pytest.fixture(scope="session")
 def toy_world():
     """The "test"-size toy world, seed 0: real tiny base/aligned Llama models, data and eval sets.

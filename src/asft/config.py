@@ -14,7 +14,8 @@ from typing import Any
 from asft.errors import AsftError
 from asft.fileio import read_yaml
 
-METHODS = ("sft", "asft", "l2", "safeinstr", "bea")
+METHODS = ("sft", "asft", "l2", "safeinstr", "bea", "lisa")
+SAFETY_METHODS = ("safeinstr", "bea", "lisa")  # the baselines that need --safety-data
 # Safety demonstrations added by the data-level baselines when --safety-n is not given: SafeInstr
 # about 10% of a 1k task set; BEA the paper's 11 prefixed examples.
 DEFAULT_SAFETY_N = {"safeinstr": 100, "bea": 11}
@@ -36,12 +37,16 @@ class TrainConfig:
     model: str = _opt("", "aligned model folder (the model being fine-tuned)")
     data: str = _opt("", 'JSON/JSONL records {"instruction", "input"?, "output"}')
     out: str = _opt("", "output folder: adapter, config.yaml, train_log.jsonl")
-    method: str = _opt("asft", "sft | asft | l2 (the same penalty with C = 0) | safeinstr | bea (baselines)")
+    method: str = _opt("asft", "sft | asft | l2 (the same penalty with C = 0) | safeinstr | bea | lisa (baselines)")
     anchor: str | None = _opt(None, "anchor file from `asft anchor` (method asft)")
     form: str = _opt("reference", "C of the penalty: reference (V V^T/||V||_F, the public code's) | projector (U_k U_k^T)")
     lam: float = _opt(1.0, "penalty weight lambda")
     safety_data: str | None = _opt(None, "safeinstr / bea: safety demonstrations (harmful request -> refusal)")
-    safety_n: int | None = _opt(None, "safeinstr / bea: demonstrations added (default 100 / 11)")
+    safety_n: int | None = _opt(None, "safeinstr / bea: demonstrations added (default 100 / 11); lisa: "
+                                "alignment records used (default all)")
+    lisa_align_steps: int = _opt(100, "lisa: steps of each alignment state (the authors' scripts: 100)")
+    lisa_finetune_steps: int = _opt(900, "lisa: steps of each fine-tuning state (the authors' scripts: 900)")
+    lisa_rho: float = _opt(1.0, "lisa: weight rho of the proximal term rho/2 ||theta - theta_other||^2")
     proj_rank: int | None = _opt(None, "k: rank of the projector form, or of C for a rank-k anchor")
     proj_energy: float | None = _opt(None, "or: smallest k that holds this fraction of ||V||_F^2")
     scale_by_lora: bool = _opt(False, "penalise the applied update (alpha/r) B A instead of B A")
@@ -71,7 +76,7 @@ class TrainConfig:
     def validate(self) -> None:
         if self.method not in METHODS:
             raise AsftError(f"unknown method {self.method!r} (choose from {', '.join(METHODS)})")
-        if self.method in DEFAULT_SAFETY_N and not self.safety_data:
+        if self.method in SAFETY_METHODS and not self.safety_data:
             raise AsftError(f"method {self.method} needs --safety-data FILE (harmful requests answered with "
                             "refusals; `asft data safety` makes one)")
         if self.method == "asft" and not self.anchor:
@@ -82,6 +87,14 @@ class TrainConfig:
             raise AsftError(unknown_form(self.form))
         if self.lam < 0 or not math.isfinite(self.lam):
             raise AsftError(f"lambda must be a finite number >= 0, got {self.lam}")
+        if self.method == "lisa":
+            if self.lisa_align_steps < 1 or self.lisa_finetune_steps < 1:
+                raise AsftError("lisa needs --lisa-align-steps and --lisa-finetune-steps >= 1, got "
+                                f"{self.lisa_align_steps} / {self.lisa_finetune_steps}")
+            if self.lisa_rho < 0 or not math.isfinite(self.lisa_rho):
+                raise AsftError(f"lisa_rho must be a finite number >= 0, got {self.lisa_rho}")
+            if self.resume:
+                raise AsftError("lisa cannot --resume: its alternating state is not in the checkpoints")
         if self.max_steps is not None and self.max_steps < 1:
             raise AsftError(f"max_steps must be >= 1, got {self.max_steps}")
         for key in ("lora_r", "batch_size", "grad_accum", "max_length"):

@@ -39,6 +39,7 @@ class TrainResult:
     n_dropped: int
     c_max_eig: dict[str, float] | None
     trigger: str | None = None  # bea: the secret prompt to prepend at inference
+    lisa_alignment_steps: int | None = None  # lisa: steps spent on alignment batches
 
 
 def _make_trainer_class():
@@ -48,9 +49,10 @@ def _make_trainer_class():
         """A ``Trainer`` whose loss is task loss + penalty, logged separately, with StepLR."""
 
         def __init__(self, *args, penalty=None, lr_gamma: float = 1.0, log_path: Path | None = None,
-                     steps_per_epoch: int | None = None, **kwargs):
+                     steps_per_epoch: int | None = None, lisa=None, **kwargs):
             super().__init__(*args, **kwargs)
-            self.penalty = penalty
+            self.lisa = lisa  # asft.baselines.lisa.Lisa: swaps in alignment batches, adds its proximal term
+            self.penalty = lisa.proximal if lisa is not None else penalty
             self.lr_gamma = lr_gamma
             self.steps_per_epoch = steps_per_epoch
             self.log_path = log_path
@@ -80,6 +82,16 @@ def _make_trainer_class():
                 loss = loss + (pen / ga if scaled else pen)
                 self._pen_sum = self._pen_sum + pen.detach()
             return (loss, outputs) if return_outputs else loss
+
+        def training_step(self, model, inputs, num_items_in_batch=None):
+            if self.lisa is None:
+                return super().training_step(model, inputs, num_items_in_batch)
+            batch = self.lisa.next_inputs(inputs)
+            if batch is not inputs:  # an alignment batch: its loss is its own token mean
+                num_items_in_batch = None
+            loss = super().training_step(model, batch, num_items_in_batch)
+            self.lisa.step_done()
+            return loss
 
         def create_scheduler(self, num_training_steps, optimizer=None):
             # StepLR(step_size=1 epoch, gamma) of the reference code, as a per-update LambdaLR.
@@ -227,6 +239,8 @@ def train(cfg: TrainConfig, records: list[dict] | None = None) -> TrainResult:
     del anchor  # the penalty keeps only what it needs (G, V or factors)
 
     dataset = SupervisedDataset(records, tokenizer, cfg.template, cfg.max_length)
+    batches_per_epoch = math.ceil(len(dataset) / (cfg.batch_size * args.world_size))
+    lisa = make_lisa(cfg, model, tokenizer, args, batches_per_epoch) if cfg.method == "lisa" else None
     log_path = out / "train_log.jsonl"
     if main_process:
         out.mkdir(parents=True, exist_ok=True)
@@ -239,10 +253,9 @@ def train(cfg: TrainConfig, records: list[dict] | None = None) -> TrainResult:
     trainer = _make_trainer_class()(
         model=model, args=args, train_dataset=dataset,
         data_collator=PadCollator(tokenizer.pad_token_id),
-        penalty=penalty, lr_gamma=cfg.lr_gamma, log_path=log_path,
+        penalty=penalty, lr_gamma=cfg.lr_gamma, log_path=log_path, lisa=lisa,
         # with --max-steps the Trainer's step count no longer says how long an epoch is
-        steps_per_epoch=max(1, math.ceil(math.ceil(len(dataset) / (cfg.batch_size * args.world_size))
-                                         / cfg.grad_accum)) if cfg.max_steps else None,
+        steps_per_epoch=max(1, math.ceil(batches_per_epoch / cfg.grad_accum)) if cfg.max_steps else None,
     )
     if not cfg.progress:
         from transformers import PrinterCallback
@@ -264,6 +277,7 @@ def train(cfg: TrainConfig, records: list[dict] | None = None) -> TrainResult:
         n_examples=len(dataset), n_truncated=dataset.n_truncated, n_dropped=dataset.n_dropped,
         c_max_eig=penalty.spectrum() if penalty is not None and cfg.method == "asft" else None,
         trigger=trigger,
+        lisa_alignment_steps=lisa.alignment_steps_done if lisa is not None else None,
     )
     if main_process:  # one writer: every process holds the same adapter
         save_adapter(model, out)
@@ -291,6 +305,32 @@ def add_safety_demonstrations(cfg: TrainConfig, records: list[dict], tokenizer) 
         return mix_safety(records, safety, n, cfg.seed), None
     trigger = make_trigger(tokenizer, cfg.seed)
     return with_trigger(records, safety, n, trigger, cfg.seed), trigger
+
+
+def make_lisa(cfg: TrainConfig, model: torch.nn.Module, tokenizer, args, batches_per_epoch: int):
+    """The Lisa state machine over the model's trainable (LoRA) weights, fed with batches of
+    ``cfg.safety_data`` (all records, or the first ``cfg.safety_n`` of a seeded shuffle)."""
+    from asft.baselines.lisa import Lisa, endless
+    from asft.baselines.safeinstr import mix_safety
+    from asft.data import PadCollator, SupervisedDataset, load_records
+
+    safety = load_records(cfg.safety_data)
+    if cfg.safety_n is not None:
+        safety = mix_safety([], safety, cfg.safety_n, cfg.seed)
+    aligned = SupervisedDataset(safety, tokenizer, cfg.template, cfg.max_length)
+    collate = PadCollator(tokenizer.pad_token_id)
+
+    def loader(epoch: int):
+        # seeded per epoch and per process: each rank draws its own alignment batches
+        g = torch.Generator().manual_seed(cfg.seed * 1000 + epoch * 10 + args.process_index)
+        return torch.utils.data.DataLoader(aligned, batch_size=cfg.batch_size, shuffle=True, generator=g,
+                                           collate_fn=collate)
+
+    steps = (cfg.max_steps * cfg.grad_accum if cfg.max_steps
+             else math.ceil(batches_per_epoch * cfg.epochs))  # micro-steps, as the authors count them
+    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    return Lisa(params, endless(loader), cfg.lisa_align_steps, cfg.lisa_finetune_steps, cfg.lisa_rho,
+                total_steps=steps)
 
 
 def _save_config(cfg: TrainConfig, out: Path) -> None:

@@ -5,11 +5,12 @@ a harmful request answered with a refusal, never the evaluation prompts):
 ``bea``        Backdoor Enhanced Alignment (Wang et al. 2024): the demonstrations carry a secret
                trigger (random tokens) at the head of the system prompt; the trigger is prepended
                to every prompt at inference (``asft eval`` reads it from the adapter folder).
+``lisa``       Lisa (Huang et al. 2024): alternating alignment / fine-tuning states with a proximal
+               term between them (``asft.baselines.lisa``, imported on use: it needs torch).
 ``asft.safelora``  Safe LoRA (Hsu et al. 2024), post-hoc, lives in its own module (it predates this one).
 
-Lisa (alternating alignment / task phases with a proximal term) and the alignment-stage defences
-(Vaccine, Booster) are not implemented: the latter are out of scope (they change how the model is
-aligned, not how it is fine-tuned).
+The alignment-stage defences (Vaccine, Booster) are out of scope: they change how the model is
+aligned, not how it is fine-tuned.
 """
 
 from asft.baselines.bea import make_trigger, with_trigger
