@@ -11,7 +11,7 @@ from asft.anchor import (
     Anchor,
     AnchorEntry,
     check_anchor_matches,
-    compute_anchor,
+    build_anchor,
     inspect_anchor,
     load_anchor,
     match_targets,
@@ -28,7 +28,7 @@ QV = [f"model.layers.{i}.self_attn.{p}" for i in range(2) for p in ("q_proj", "v
 @pytest.fixture(scope="module")
 def exact_file(pair, tmp_path_factory):
     out = tmp_path_factory.mktemp("anchors") / "exact.safetensors"
-    compute_anchor(*pair, out=out)
+    build_anchor(*pair, out=out)
     return out
 
 
@@ -57,7 +57,7 @@ def test_exact_anchor_is_aligned_minus_base(pair, exact_file):
 
 def test_low_rank_factors_are_the_best_rank_k_approximation(pair, tmp_path):
     k = 5
-    res = compute_anchor(*pair, rank=k, out=tmp_path / "r5.safetensors")
+    res = build_anchor(*pair, rank=k, out=tmp_path / "r5.safetensors")
     anchor = load_anchor(res.path)
     for m, e in anchor.entries.items():
         V = _diff(pair, m).double()
@@ -74,14 +74,14 @@ def test_low_rank_factors_are_the_best_rank_k_approximation(pair, tmp_path):
 
 
 def test_rank_is_clamped_to_the_smallest_dimension(pair):
-    anchor = compute_anchor(*pair, rank=1000).anchor  # in memory: out=None
+    anchor = build_anchor(*pair, rank=1000).anchor  # in memory: out=None
     e = anchor.entries["model.layers.0.self_attn.v_proj"]
     assert e.U.shape == (32, 32) and e.S.shape == (32,) and e.Vh.shape == (32, 64)
     assert torch.allclose(e.U @ torch.diag(e.S) @ e.Vh, _diff(pair, e.name), atol=1e-6)
 
 
 def test_sharded_checkpoints_give_the_same_anchor(pair, sharded_pair, exact_file, tmp_path):
-    sharded = load_anchor(compute_anchor(*sharded_pair, out=tmp_path / "s.safetensors").path)
+    sharded = load_anchor(build_anchor(*sharded_pair, out=tmp_path / "s.safetensors").path)
     single = load_anchor(exact_file)
     assert list(sharded.entries) == list(single.entries)
     for m in single.entries:
@@ -91,7 +91,7 @@ def test_sharded_checkpoints_give_the_same_anchor(pair, sharded_pair, exact_file
 
 
 def test_in_memory_result_equals_the_file(pair, exact_file):
-    res = compute_anchor(*pair)
+    res = build_anchor(*pair)
     assert res.path is None
     on_disk = load_anchor(exact_file)
     for m, e in res.load().entries.items():
@@ -99,12 +99,12 @@ def test_in_memory_result_equals_the_file(pair, exact_file):
 
 
 def test_regex_and_suffix_targets(pair):
-    res = compute_anchor(*pair, targets=r"re:model\.layers\.1\.self_attn\.(k|o)_proj")
+    res = build_anchor(*pair, targets=r"re:model\.layers\.1\.self_attn\.(k|o)_proj")
     assert res.modules == ["model.layers.1.self_attn.k_proj", "model.layers.1.self_attn.o_proj"]
     assert res.shapes["model.layers.1.self_attn.k_proj"] == (32, 64)
     assert torch.equal(res.anchor.entries["model.layers.1.self_attn.o_proj"].V, _diff(pair, "model.layers.1.self_attn.o_proj"))
     assert json.loads(res.metadata["targets"]).startswith("re:")
-    res = compute_anchor(*pair, targets="mlp.down_proj,k_proj")
+    res = build_anchor(*pair, targets="mlp.down_proj,k_proj")
     assert res.modules == [f"model.layers.{i}.{p}" for i in range(2) for p in ("mlp.down_proj", "self_attn.k_proj")]
     assert res.shapes["model.layers.0.mlp.down_proj"] == (64, 128)
 
@@ -128,30 +128,30 @@ def test_refusals_name_the_file(pair, tmp_path):
     d = _copy(base, tmp_path / "noconfig")
     (d / "config.json").unlink()
     with pytest.raises(AsftError, match=f"{d}: no config.json"):
-        compute_anchor(d, aligned)
+        build_anchor(d, aligned)
     d = _copy(base, tmp_path / "noweights")
     (d / "model.safetensors").unlink()
     with pytest.raises(AsftError, match=f"{d}: no \\*.safetensors"):
-        compute_anchor(d, aligned)
+        build_anchor(d, aligned)
     other, _ = make_llama_pair(tmp_path / "other", hidden=32, heads=4, kv_heads=2)
     with pytest.raises(AsftError) as e:
-        compute_anchor(base, other)
+        build_anchor(base, other)
     assert f"{other} does not match {base}: config hidden_size is 32, base has 64" in str(e.value)
     with pytest.raises(AsftError, match=f"{aligned}: no 2-D weight matches the targets re:.*layernorm"):
-        compute_anchor(base, aligned, targets="re:.*layernorm")  # only 1-D weights match
+        build_anchor(base, aligned, targets="re:.*layernorm")  # only 1-D weights match
     with pytest.raises(AsftError, match=f"{aligned}: no 2-D weight matches the targets gate,up"):
-        compute_anchor(base, aligned, targets="gate,up")
+        build_anchor(base, aligned, targets="gate,up")
     with pytest.raises(AsftError, match="is the base model"):
-        compute_anchor(base, base)
+        build_anchor(base, base)
 
 
 def test_existing_output_needs_overwrite(pair, tmp_path):
     out = tmp_path / "a.safetensors"
     out.write_text("old")
     with pytest.raises(AsftError, match=f"{out}: output exists"):
-        compute_anchor(*pair, out=out)
+        build_anchor(*pair, out=out)
     assert out.read_text() == "old"
-    compute_anchor(*pair, out=out, overwrite=True)
+    build_anchor(*pair, out=out, overwrite=True)
     assert list(load_anchor(out).entries) == QV
 
 
@@ -159,7 +159,7 @@ def test_identical_models_are_refused_and_leave_no_file(pair, tmp_path):
     twin = _copy(pair[0], tmp_path / "twin")
     out = tmp_path / "out" / "a.safetensors"
     with pytest.raises(AsftError, match=f"{twin}: identical to {pair[0]} on every target module"):
-        compute_anchor(pair[0], twin, out=out)
+        build_anchor(pair[0], twin, out=out)
     assert list(out.parent.iterdir()) == []
 
 
@@ -176,7 +176,7 @@ def test_failure_midway_leaves_no_partial_file(pair, tmp_path, monkeypatch):
     monkeypatch.setattr(ModelFolder, "get_tensor", flaky)
     out = tmp_path / "out" / "a.safetensors"
     with pytest.raises(RuntimeError, match="disk on fire"):
-        compute_anchor(*pair, out=out)
+        build_anchor(*pair, out=out)
     assert calls["n"] == 5
     assert list(out.parent.iterdir()) == []  # neither the file nor its temporary
 

@@ -51,12 +51,12 @@ def test_report_table_and_charts(tmp_path):
 
 @pytest.fixture(scope="module")
 def toy_setting(toy_world, tmp_path_factory):
-    from asft.anchor import compute_anchor
+    from asft.anchor import build_anchor
     from asft.demo import TOY_RECIPE
 
     root = tmp_path_factory.mktemp("grid")
     anchor = root / "anchor.safetensors"
-    compute_anchor(toy_world.base, toy_world.aligned, out=anchor)
+    build_anchor(toy_world.base, toy_world.aligned, out=anchor)
     data = toy_world.make_mix("topic", 160, 0.1)
     return Setting(model=toy_world.aligned, data=data, eval_dir=toy_world.eval_dir,
                    harmful_suite="toy-harmful", task_suite="toy-topic", judge="toy", anchor=anchor,

@@ -22,10 +22,10 @@ def test_basin_width_and_visage_on_known_curves():
 
 @pytest.fixture(scope="module")
 def toy(toy_world, tmp_path_factory):
-    from asft.anchor import compute_anchor, load_anchor
+    from asft.anchor import build_anchor, load_anchor
 
     root = tmp_path_factory.mktemp("landscape")
-    compute_anchor(toy_world.base, toy_world.aligned, out=root / "anchor.safetensors")
+    build_anchor(toy_world.base, toy_world.aligned, out=root / "anchor.safetensors")
     return toy_world, load_anchor(root / "anchor.safetensors"), root / "anchor.safetensors"
 
 

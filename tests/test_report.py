@@ -1,5 +1,10 @@
 """The verdict against the l2 control: wins, losses and ties judged against the seed spread."""
 
+import json
+from pathlib import Path
+
+import pytest
+
 from asft.report import label, verdict
 
 
@@ -24,3 +29,66 @@ def test_verdict_against_the_l2_control():
     assert by["asft (projector) λ=100"].endswith("no difference beyond the seed spread")
     assert "HS 35.2 ± 6.8 FA 97.2 ± 1.1 vs l2 HS 33.8 ± 10.4 FA 98.8 ± 1.0" in by["asft (reference C) λ=30"]
     assert label(rows[3]) == "asft (reference C) λ=30" and label(rows[0]) == "l2 λ=30"
+
+
+PAPER = """# numbers
+## Main comparison (HS / FA)
+| method    | SST-2       | AG News    |
+|-----------|-------------|------------|
+| SFT       | 48.0 / 94.5 | 17.6 / 84.3 |
+| AsFT      | 6.0 / 93.32 | 4.0 / 84.3 |
+
+## Harmful ratio sweep, AG News, HS at p = 0, 0.1
+| method | 0 | 0.1 |
+|--------|---|-----|
+| SFT    | 2.4 | 17.6 |
+"""
+
+
+def _run(task, method, seed, hs, fa, p=0.1, lam=0, form=None):
+    from asft.experiment import RunSpec
+
+    return {"method": method, "lambda": lam, "form": form, "task": task, "n": 1000, "p": p, "hs": hs, "fa": fa,
+            "seed": seed, "group": RunSpec(method, lam, form, seed).group}
+
+
+def test_report_tables_csv_html_and_paper_numbers(tmp_path):
+    from asft.report import write_report
+    from asft.report.paper import load_paper_numbers
+
+    (tmp_path / "paper.md").write_text(PAPER)
+    paper = load_paper_numbers(tmp_path / "paper.md")
+    assert paper["main"][("asft-reference-lam1", "sst2")] == (6.0, 93.32)
+    assert paper["p_sweep"][("sft", 0.1)] == 17.6
+    runs = [_run("sst2", "sft", s, 40.0 + 10 * s, 90.0) for s in (0, 1)]
+    runs += [_run("sst2", "asft", s, 10.0, 88.0 + s, lam=1, form="reference") for s in (0, 1)]
+    runs += [_run("sst2", "l2", s, 12.0, 91.0, lam=1) for s in (0, 1)]
+    runs += [_run("agnews", "sft", 0, hs, 80.0, p=p) for p, hs in ((0.0, 3.0), (0.1, 20.0))]
+    runs += [{"method": "aligned", "lambda": 0, "form": None, "task": "sst2", "hs": 5.0, "fa": 80.0, "seed": 0,
+              "group": "aligned"}]
+    doc = write_report(runs, tmp_path / "rep", paper=tmp_path / "paper.md", title="t")
+    md = (tmp_path / "rep" / "results.md").read_text()
+    # main table at n=1000, p=0.1: SFT mean 45 ± 7.1; best HS (asft 10.0) and best FA (l2 91.0) in bold
+    assert "| SFT | **20.0** / **80.0** | 45.0 ± 7.1 / 90.0 |" in md  # columns: agnews (one method), sst2
+    assert "**10.0** / 88.5 ± 0.7" in md and "12.0 / **91.0**" in md
+    assert "| sst2 | sft | 45.0 / 90.0 | 48 / 94.5 |" in md
+    assert "| agnews (p = 0.1) | sft | HS 20.0 | HS 17.6 |" in md
+    assert "## agnews: HS against p" in md and (tmp_path / "rep" / "plots" / "agnews_p.png").is_file()
+    csv = (tmp_path / "rep" / "results.csv").read_text().splitlines()
+    assert csv[0].startswith("task,n,p,method,form,lambda,group,hs,hs_std")
+    assert any(line.startswith("sst2,1000,0.1,asft,reference,1,asft-reference-lam1,10.0,0.0,88.5,0.71") for line in csv)
+    html = (tmp_path / "rep" / "report.html").read_text()
+    assert "<b>10.0</b>" in html and html.count("data:image/png;base64,") == len(doc["plots"]) >= 1
+    assert json.loads((tmp_path / "rep" / "results.json").read_text())["version"] == 1
+
+
+def test_report_reads_the_reference_paper_numbers():
+    from asft.report.paper import load_paper_numbers
+
+    path = Path(__file__).resolve().parents[2] / "shared" / "data" / "asft-reference" / "paper-numbers.md"
+    if not path.is_file():
+        pytest.skip(f"no reference data at {path}")
+    paper = load_paper_numbers(path)
+    assert paper["main"][("sft", "sst2")] == (48.0, 94.5)
+    assert paper["main"][("asft-reference-lam1", "alpaca")] == (3.2, 58.9)
+    assert paper["p_sweep"][("asft-reference-lam1", 0.2)] == 6.0

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from _models import make_llama_pair, tiny_llama_config
-from asft.anchor import Anchor, AnchorEntry, compute_anchor
+from asft.anchor import Anchor, AnchorEntry, build_anchor
 from asft.errors import AsftError
 from asft.safelora import default_num, project_b, safelora_adapter, safelora_project, select, update_stats
 
@@ -231,7 +231,7 @@ def world(tmp_path_factory):
     root = tmp_path_factory.mktemp("safelora")
     base, aligned = make_llama_pair(root, seed=0)
     anchor = root / "anchor.safetensors"
-    compute_anchor(base, aligned, out=anchor)
+    build_anchor(base, aligned, out=anchor)
     torch.manual_seed(7)
     model = AutoModelForCausalLM.from_pretrained(aligned)
     lora = LoraConfig(r=R, lora_alpha=ALPHA, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
@@ -291,7 +291,7 @@ def test_saved_adapter_loads_and_merges_to_the_projected_weights(world, tmp_path
 def test_anchor_of_another_model_and_bad_outputs_are_refused(world, tmp_path):
     other_base, other_aligned = make_llama_pair(tmp_path / "other", seed=5)
     other = tmp_path / "other.safetensors"
-    compute_anchor(other_base, other_aligned, out=other)
+    build_anchor(other_base, other_aligned, out=other)
     with pytest.raises(AsftError, match="does not belong"):
         safelora_adapter(world["aligned"], world["adapter"], other, tmp_path / "x", device="cpu")
     with pytest.raises(AsftError, match="does not belong.*base model"):

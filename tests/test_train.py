@@ -10,7 +10,7 @@ import yaml
 
 from _eval_tiny import byte_tokenizer
 from _models import make_llama_pair
-from asft.anchor import compute_anchor
+from asft.anchor import build_anchor
 from asft.errors import AsftError
 from asft.train import TrainConfig, merge, train
 
@@ -25,7 +25,7 @@ def world(tmp_path_factory):
     base, aligned = make_llama_pair(root, seed=0, vocab=260)
     byte_tokenizer().save_pretrained(aligned)
     anchor = root / "anchor.safetensors"
-    compute_anchor(base, aligned, out=anchor)
+    build_anchor(base, aligned, out=anchor)
     data = root / "data.json"
     data.write_text(json.dumps(RECORDS))
     return {"root": root, "base": base, "aligned": aligned, "anchor": anchor, "data": data}
@@ -142,7 +142,7 @@ def test_bad_inputs_give_clear_errors(world, tmp_path):
     # an anchor computed from another model pair is refused
     other_base, other_aligned = make_llama_pair(tmp_path / "other", seed=5, vocab=260)
     other = tmp_path / "other.safetensors"
-    compute_anchor(other_base, other_aligned, out=other)
+    build_anchor(other_base, other_aligned, out=other)
     with pytest.raises(AsftError, match="does not belong"):
         train(_cfg(world, tmp_path / "x", method="asft", anchor=str(other)))
     train(_cfg(world, tmp_path / "done", method="sft"))

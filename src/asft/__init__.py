@@ -1,3 +1,42 @@
-"""asft: safety-preserving LoRA fine-tuning of aligned LLMs (AsFT, arXiv 2506.08473)."""
+"""asft: safety-preserving LoRA fine-tuning of aligned LLMs (AsFT, arXiv 2506.08473).
+
+The public API, imported on first use (``import asft`` stays light, ``asft --help`` instant)::
+
+    asft.build_anchor(base_dir, aligned_dir, out="anchor.safetensors")  # V = W_aligned - W_base
+    anchor = asft.load_anchor("anchor.safetensors")
+    penalty = asft.AsftPenalty.from_model(peft_model, anchor, lam=1.0)  # lam * sum ||(I - C) B A||_F^2
+    trainer = asft.AsftTrainer(model=peft_model, args=..., train_dataset=..., penalty=penalty)
+    asft.train.train(asft.TrainConfig(...))                             # what `asft train` runs
+    asft.evaluate.run_eval(...)                                         # the evaluation module
+
+With TRL installed, ``asft.integrations.trl.AsftSFTTrainer`` is TRL's ``SFTTrainer`` with the penalty.
+"""
+
+from __future__ import annotations
+
+import importlib
 
 __version__ = "0.1.0"
+
+_LAZY = {
+    "build_anchor": "asft.anchor",
+    "load_anchor": "asft.anchor",
+    "AsftPenalty": "asft.regularizer",
+    "AsftTrainer": "asft.train",
+    "TrainConfig": "asft.config",
+}
+__all__ = [*_LAZY, "evaluate", "__version__"]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    if name in ("evaluate", "integrations"):
+        return importlib.import_module(f"asft.{name}")
+    raise AttributeError(f"module 'asft' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

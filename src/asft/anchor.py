@@ -2,7 +2,7 @@
 
 AsFT keeps LoRA updates ``B A`` close to the direction the alignment step moved the weights in. That
 direction is ``V = W_aligned - W_base`` for each targeted linear layer (``q_proj`` and ``v_proj`` by
-default). ``compute_anchor`` streams the two checkpoints tensor by tensor (memory: a few tensors,
+default). ``build_anchor`` streams the two checkpoints tensor by tensor (memory: a few tensors,
 never two models) and writes one safetensors file. Per module ``M``:
 
     M.V     (d_out, d_in) float32     exact anchor (no --rank), or
@@ -178,7 +178,7 @@ class Anchor:
 
 @dataclass
 class AnchorFile:
-    """What ``compute_anchor`` produced: where it is and a per-module summary.
+    """What ``build_anchor`` produced: where it is and a per-module summary.
 
     With ``out`` the tensors went straight to disk (``anchor`` is None; ``load()`` reads them);
     without ``out`` they are kept in memory in ``anchor``.
@@ -255,7 +255,7 @@ def _anchor_tensors(
         del V
 
 
-def compute_anchor(
+def build_anchor(
     base_dir: str | os.PathLike,
     aligned_dir: str | os.PathLike,
     targets: Targets = DEFAULT_TARGETS,
@@ -311,7 +311,7 @@ def compute_anchor(
             norms[m] = float(ts[f"{m}.norm"])
             tensors.update(ts)
         zero_check()
-        anchor = _build_anchor(tensors, metadata, None)
+        anchor = _anchor_from_tensors(tensors, metadata, None)
         return AnchorFile(None, metadata, shapes, norms, anchor)
 
     out = Path(out)
@@ -330,7 +330,7 @@ def compute_anchor(
 # Loading and checking
 
 
-def _build_anchor(tensors: dict[str, torch.Tensor], metadata: dict, path: Path | None) -> Anchor:
+def _anchor_from_tensors(tensors: dict[str, torch.Tensor], metadata: dict, path: Path | None) -> Anchor:
     where = str(path) if path is not None else "anchor"
     try:
         modules = json.loads(metadata["modules"])
@@ -360,7 +360,7 @@ def _build_anchor(tensors: dict[str, torch.Tensor], metadata: dict, path: Path |
 
 
 def load_anchor(path: str | os.PathLike, device=None) -> Anchor:
-    """Read an anchor file written by ``compute_anchor`` (tensors float32, on ``device``)."""
+    """Read an anchor file written by ``build_anchor`` (tensors float32, on ``device``)."""
     from safetensors import safe_open
 
     path = Path(path)
@@ -380,7 +380,7 @@ def load_anchor(path: str | os.PathLike, device=None) -> Anchor:
         raise AsftError(f"{path}: not a safetensors file ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
     if device is not None:
         tensors = {k: t.to(device) for k, t in tensors.items()}
-    return _build_anchor(tensors, metadata, path)
+    return _anchor_from_tensors(tensors, metadata, path)
 
 
 def _find_weight(params: dict[str, torch.Tensor], module: str) -> torch.Tensor | None:

@@ -59,7 +59,7 @@ def toy_setting(world, anchor: Path, data: Path, task: str = TOY_MIX["task"]) ->
 def prepare(out: Path, size: str = "demo", seed: int = 0, cache_dir: str | None = None, log=print,
             mix: dict | None = None, progress: bool = False):
     """World, anchor file and training mix for a toy experiment in ``out``."""
-    from asft.anchor import check_anchor_matches, compute_anchor, load_anchor
+    from asft.anchor import check_anchor_matches, build_anchor, load_anchor
     from asft.toy import get_world
 
     t0 = time.perf_counter()
@@ -69,7 +69,7 @@ def prepare(out: Path, size: str = "demo", seed: int = 0, cache_dir: str | None 
     try:  # reuse the anchor of an earlier run only if it belongs to this world's models
         check_anchor_matches(load_anchor(anchor), world.aligned)
     except AsftError:
-        compute_anchor(world.base, world.aligned, out=anchor, overwrite=True)
+        build_anchor(world.base, world.aligned, out=anchor, overwrite=True)
     mix = mix or TOY_MIX
     data = Path(world.make_mix(mix["task"], mix["n"], mix["p"]))
     return world, anchor, data

@@ -19,7 +19,7 @@ from typing import Any, Callable, Sequence
 from asft.errors import AsftError
 from asft.fileio import content_hash, read_json, write_json, write_text
 
-METHODS = ("aligned", "sft", "asft", "l2", "safelora", "safeinstr", "bea")
+METHODS = ("aligned", "sft", "asft", "l2", "safelora", "safeinstr", "bea", "lisa")
 
 
 @dataclass(frozen=True)
@@ -67,26 +67,40 @@ class Setting:
     safelora_threshold: float = 0.5
     proj_rank: int | None = None     # k of the projector form
     plugins: tuple[str, ...] = ()    # modules that register the suites / judge named here ("asft.toy")
+    task_name: str | None = None     # the task's name in tables (default: the task suite's)
+    n: int | None = None             # sample size and harmful ratio of ``data``: labels for the
+    p: float | None = None           # report (the data's content is in the key)
 
     @property
     def task(self) -> str:
-        return self.task_suite.removeprefix("toy-")
+        return self.task_name or self.task_suite.removeprefix("toy-")
 
-    def key(self) -> str:
+    def key(self, eval_only: bool = False) -> str:
         """Identity of everything a run's result depends on besides its RunSpec: a run folder
-        made under another key (other model, data, anchor or options) is redone, not reused."""
+        made under another key (other model, data, anchor or options) is redone, not reused.
+        ``eval_only``: what an evaluation of the model itself depends on (method ``aligned``).
+        Computed once per Setting (hashing a real model's weights takes seconds)."""
+        memo = self.__dict__.setdefault("_keys", {})
+        if eval_only not in memo:
+            memo[eval_only] = self._key(eval_only)
+        return memo[eval_only]
+
+    def _key(self, eval_only: bool) -> str:
         from asft.checkpoints import fingerprint
         from asft.runtime import result_key
 
         judge = self.judge if isinstance(self.judge, str) else self.judge.describe()
-        ident = {"model": fingerprint(self.model), "data": content_hash(Path(self.data)),
-                 "anchor": content_hash(Path(self.anchor)) if self.anchor else None,
+        ident = {"model": fingerprint(self.model),
                  "eval": [self.harmful_suite, self.task_suite, content_hash(Path(self.eval_dir))],
-                 "env": result_key(),
-                 "judge": judge, "train": self.train, "template": self.template,
-                 "max_new_tokens": self.max_new_tokens, "eval_limit": self.eval_limit,
-                 "safelora": [self.safelora_select, self.safelora_num, self.safelora_threshold],
-                 "proj_rank": self.proj_rank}
+                 "env": result_key(), "judge": judge, "template": self.template,
+                 "max_new_tokens": self.max_new_tokens, "eval_limit": self.eval_limit}
+        if not eval_only:
+            safety = self.train.get("safety_data")
+            ident.update({"data": content_hash(Path(self.data)),
+                          "anchor": content_hash(Path(self.anchor)) if self.anchor else None,
+                          "train": self.train, "safety": content_hash(Path(safety)) if safety else None,
+                          "safelora": [self.safelora_select, self.safelora_num, self.safelora_threshold],
+                          "proj_rank": self.proj_rank})
         return content_hash(ident)
 
 
@@ -147,7 +161,7 @@ def run_one(spec: RunSpec, setting: Setting, out_dir: Path, progress: bool = Fal
     for module in setting.plugins:  # also in a worker process, which starts with nothing imported
         importlib.import_module(module)
     run_dir = Path(out_dir) / spec.name
-    key = key or setting.key()
+    key = key or setting.key(eval_only=spec.method == "aligned")
     key_path, row_path = run_dir / "key.txt", run_dir / "row.json"
     if run_dir.exists() and (not key_path.is_file() or key_path.read_text().strip() != key):
         shutil.rmtree(run_dir)
@@ -161,6 +175,7 @@ def run_one(spec: RunSpec, setting: Setting, out_dir: Path, progress: bool = Fal
     metrics = evaluate_run(spec, setting, run_dir, adapter, progress=progress)
     row = {"method": spec.method, "lambda": spec.lam if spec.method in ("asft", "l2") else 0,
            "form": spec.form if spec.method == "asft" else None, "task": setting.task,
+           **({"n": setting.n, "p": setting.p} if spec.method != "aligned" and setting.n is not None else {}),
            **metrics, "seed": spec.seed, "group": spec.group,
            "train_seconds": round(t1 - t0, 2), "eval_seconds": round(time.perf_counter() - t1, 2)}
     if adapter is not None and (adapter / "train_summary.json").is_file():
@@ -174,32 +189,41 @@ def run_one(spec: RunSpec, setting: Setting, out_dir: Path, progress: bool = Fal
 
 def run_grid(specs: Sequence[RunSpec], setting: Setting, out_dir: str | Path,
              on_row: Callable[[RunSpec, dict], None] | None = None, workers: int = 1) -> list[dict]:
-    """Every run of ``specs`` (rows in the order of ``specs``), resumable.
+    """Every run of ``specs`` with one ``setting`` (rows in the order of ``specs``), resumable."""
+    if any(s.method in ("asft", "safelora") for s in specs) and setting.anchor is None:
+        raise AsftError("methods asft and safelora need an anchor file")
+    return run_jobs([(s, setting, Path(out_dir)) for s in specs], on_row, workers)
+
+
+def run_jobs(jobs: Sequence[tuple[RunSpec, Setting, Path]],
+             on_row: Callable[[RunSpec, dict], None] | None = None, workers: int = 1) -> list[dict]:
+    """Run each ``(spec, setting, parent folder)`` (rows in the order of ``jobs``), resumable.
 
     ``workers > 1`` runs that many at once in separate processes, each on one CPU thread: the
     runs are small and independent, so this uses the cores without the thread contention of
     one big process. Safe LoRA runs start after every other run (they reuse the SFT adapters).
     Results are the same with any ``workers``: every run seeds itself.
     """
-    if any(s.method not in METHODS for s in specs):
-        bad = next(s.method for s in specs if s.method not in METHODS)
+    bad = next((s.method for s, _, _ in jobs if s.method not in METHODS), None)
+    if bad is not None:
         raise AsftError(f"unknown method {bad!r} (choose from {', '.join(METHODS)})")
-    if any(s.method in ("asft", "safelora") for s in specs) and setting.anchor is None:
-        raise AsftError("methods asft and safelora need an anchor file")
-    key = setting.key()
     rows: dict[int, dict] = {}
-    phases = [[i for i, s in enumerate(specs) if s.method != "safelora"],
-              [i for i, s in enumerate(specs) if s.method == "safelora"]]
+    phases = [[i for i, (s, _, _) in enumerate(jobs) if s.method != "safelora"],
+              [i for i, (s, _, _) in enumerate(jobs) if s.method == "safelora"]]
+
+    def args(i: int) -> tuple:
+        spec, setting, parent = jobs[i]
+        return spec, setting, Path(parent), False, setting.key(eval_only=spec.method == "aligned")
 
     def done(i: int, row: dict) -> None:
         rows[i] = row
         if on_row is not None:
-            on_row(specs[i], row)
+            on_row(jobs[i][0], row)
 
     if workers <= 1:
         for phase in phases:
             for i in phase:
-                done(i, run_one(specs[i], setting, Path(out_dir), key=key))
+                done(i, run_one(*args(i)))
     else:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -207,10 +231,10 @@ def run_grid(specs: Sequence[RunSpec], setting: Setting, out_dir: str | Path,
         ctx = multiprocessing.get_context("spawn")  # no fork of a process holding OpenMP threads
         with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init) as pool:
             for phase in phases:
-                futures = {pool.submit(run_one, specs[i], setting, Path(out_dir), False, key): i for i in phase}
+                futures = {pool.submit(run_one, *args(i)): i for i in phase}
                 for fut in as_completed(futures):
                     done(futures[fut], fut.result())
-    return [rows[i] for i in range(len(specs))]
+    return [rows[i] for i in range(len(jobs))]
 
 
 def _worker_init() -> None:
@@ -229,18 +253,20 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
 
 
 def aggregate(rows: Sequence[dict]) -> list[dict]:
-    """One row per setting (method, lambda, form, task): mean and std of hs and fa over seeds."""
+    """One row per setting (method, lambda, form, task, n, p): mean and std of hs and fa over seeds."""
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
-        groups.setdefault((r["group"], r["task"]), []).append(r)
+        groups.setdefault((r["group"], r["task"], r.get("n"), r.get("p")), []).append(r)
     out = []
-    for (_, task), rs in groups.items():
+    for (_, task, n, p), rs in groups.items():
         hs, hs_std = _mean_std([r["hs"] for r in rs])
         fa, fa_std = _mean_std([r["fa"] for r in rs])
         first = rs[0]
         row = {"method": first["method"], "lambda": first["lambda"], "form": first["form"], "task": task,
                "hs": round(hs, 2), "hs_std": round(hs_std, 2), "fa": round(fa, 2), "fa_std": round(fa_std, 2),
                "seeds": sorted(r["seed"] for r in rs), "group": first["group"]}
+        if n is not None:
+            row.update(n=n, p=p)
         eig = [r["c_max_eig"] for r in rs if "c_max_eig" in r]
         if eig:
             row["c_max_eig"] = round(statistics.fmean(eig), 4)

@@ -14,6 +14,7 @@ once per optimiser update, whatever the accumulation, and logged apart from the 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import shutil
 import time
@@ -42,92 +43,121 @@ class TrainResult:
     lisa_alignment_steps: int | None = None  # lisa: steps spent on alignment batches
 
 
+class AsftMixin:
+    """Adds AsFT to a ``transformers.Trainer`` subclass (``class T(AsftMixin, Trainer)``; TRL's
+    ``SFTTrainer`` in ``asft.integrations.trl``): the loss is task loss + ``penalty()`` (an ``AsftPenalty``,
+    counted once per optimiser update whatever the gradient accumulation), with the task loss
+    and the penalty logged as their own scalars (``task_loss``, ``penalty``: every
+    ``report_to`` integration, e.g. TensorBoard, receives them).
+
+    ``lr_gamma``: the reference code's StepLR (learning rate times gamma after every epoch)
+    instead of the ``TrainingArguments`` scheduler; None keeps the Trainer's own.
+    ``log_path``: also append the logs to this JSONL file. ``lisa``: used by ``asft train``
+    for the Lisa baseline.
+    """
+
+    def __init__(self, *args, penalty=None, lr_gamma: float | None = None, log_path: Path | None = None,
+                 steps_per_epoch: int | None = None, lisa=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.lisa = lisa  # asft.baselines.lisa.Lisa: swaps in alignment batches, adds its proximal term
+        self.penalty = lisa.proximal if lisa is not None else penalty
+        self.lr_gamma = lr_gamma
+        self.steps_per_epoch = steps_per_epoch
+        self.log_path = log_path
+        self._reset_sums()
+        self.last_task_loss = float("nan")
+        self.last_penalty = 0.0
+
+    def _reset_sums(self):
+        # Tensors on the model's device: adding floats here would sync the GPU every step.
+        self._task_sum, self._pen_sum, self._n = 0.0, 0.0, 0
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        # outputs only when asked: TRL's fused loss recomputes the logits (an extra forward) for them
+        result = super().compute_loss(model, inputs, return_outputs=return_outputs,
+                                      num_items_in_batch=num_items_in_batch)
+        loss, outputs = result if return_outputs else (result, None)
+        # Trainer divides the loss by the accumulation steps unless the task loss is already
+        # normalised over the whole accumulated batch (then each micro-batch's loss is a
+        # partial sum). Either way the penalty must count once per optimiser update.
+        scaled = getattr(self, "loss_is_scaled_for_ga", None)
+        if scaled is None:
+            scaled = (getattr(self, "model_accepts_loss_kwargs", False)
+                      and num_items_in_batch is not None) or self.compute_loss_func is not None
+        ga = getattr(self, "current_gradient_accumulation_steps", self.args.gradient_accumulation_steps)
+        self._task_sum = self._task_sum + loss.detach() * (ga if scaled else 1)
+        self._n += 1
+        if self.penalty is not None and model.training:
+            pen = self.penalty()
+            loss = loss + (pen / ga if scaled else pen)
+            self._pen_sum = self._pen_sum + pen.detach()
+        return (loss, outputs) if return_outputs else loss
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        if self.lisa is None:
+            return super().training_step(model, inputs, num_items_in_batch)
+        batch = self.lisa.next_inputs(inputs)
+        if batch is not inputs:  # an alignment batch: its loss is its own token mean
+            num_items_in_batch = None
+        loss = super().training_step(model, batch, num_items_in_batch)
+        self.lisa.step_done()
+        return loss
+
+    def create_scheduler(self, num_training_steps, optimizer=None):
+        # StepLR(step_size=1 epoch, gamma) of the reference code, as a per-update LambdaLR.
+        if self.lr_gamma is None:
+            return super().create_scheduler(num_training_steps, optimizer)
+        if self.lr_scheduler is None:
+            optimizer = optimizer or self.optimizer
+            per_epoch = self.steps_per_epoch or max(
+                1, round(num_training_steps / max(self.args.num_train_epochs, 1e-9)))
+            gamma = self.lr_gamma
+            self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(
+                optimizer, lambda step: gamma ** (step // per_epoch))
+        return self.lr_scheduler
+
+    def flush_sums(self) -> dict:
+        """Mean task loss and penalty since the last call (also kept as last_*)."""
+        if not self._n:
+            return {}
+        self.last_task_loss = float(self._task_sum) / self._n
+        self.last_penalty = float(self._pen_sum) / self._n
+        self._reset_sums()
+        return {"task_loss": self.last_task_loss, "penalty": self.last_penalty}
+
+    def log(self, logs, *args, **kwargs):
+        if "loss" in logs:
+            logs.update(self.flush_sums())
+        bad = [k for k in ("task_loss", "penalty", "grad_norm")
+               if k in logs and not math.isfinite(float(logs[k]))]
+        if bad:
+            raise AsftError(
+                f"{bad[0]} is not finite at step {self.state.global_step} (task loss "
+                f"{logs.get('task_loss')}, penalty {logs.get('penalty')}, grad norm "
+                f"{logs.get('grad_norm')}); lower --lr or --lam")
+        if self.log_path is not None and self.args.process_index == 0:
+            append_jsonl(self.log_path, {"step": self.state.global_step, **logs})
+        super().log(logs, *args, **kwargs)
+
+
+
+@functools.cache
 def _make_trainer_class():
     from transformers import Trainer
 
-    class AsftTrainer(Trainer):
-        """A ``Trainer`` whose loss is task loss + penalty, logged separately, with StepLR."""
+    class AsftTrainer(AsftMixin, Trainer):
+        __doc__ = AsftMixin.__doc__
 
-        def __init__(self, *args, penalty=None, lr_gamma: float = 1.0, log_path: Path | None = None,
-                     steps_per_epoch: int | None = None, lisa=None, **kwargs):
-            super().__init__(*args, **kwargs)
-            self.lisa = lisa  # asft.baselines.lisa.Lisa: swaps in alignment batches, adds its proximal term
-            self.penalty = lisa.proximal if lisa is not None else penalty
-            self.lr_gamma = lr_gamma
-            self.steps_per_epoch = steps_per_epoch
-            self.log_path = log_path
-            self._reset_sums()
-            self.last_task_loss = float("nan")
-            self.last_penalty = 0.0
-
-        def _reset_sums(self):
-            # Tensors on the model's device: adding floats here would sync the GPU every step.
-            self._task_sum, self._pen_sum, self._n = 0.0, 0.0, 0
-
-        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            loss, outputs = super().compute_loss(model, inputs, return_outputs=True,
-                                                 num_items_in_batch=num_items_in_batch)
-            # Trainer divides the loss by the accumulation steps unless the task loss is already
-            # normalised over the whole accumulated batch (then each micro-batch's loss is a
-            # partial sum). Either way the penalty must count once per optimiser update.
-            scaled = getattr(self, "loss_is_scaled_for_ga", None)
-            if scaled is None:
-                scaled = (getattr(self, "model_accepts_loss_kwargs", False)
-                          and num_items_in_batch is not None) or self.compute_loss_func is not None
-            ga = getattr(self, "current_gradient_accumulation_steps", self.args.gradient_accumulation_steps)
-            self._task_sum = self._task_sum + loss.detach() * (ga if scaled else 1)
-            self._n += 1
-            if self.penalty is not None and model.training:
-                pen = self.penalty()
-                loss = loss + (pen / ga if scaled else pen)
-                self._pen_sum = self._pen_sum + pen.detach()
-            return (loss, outputs) if return_outputs else loss
-
-        def training_step(self, model, inputs, num_items_in_batch=None):
-            if self.lisa is None:
-                return super().training_step(model, inputs, num_items_in_batch)
-            batch = self.lisa.next_inputs(inputs)
-            if batch is not inputs:  # an alignment batch: its loss is its own token mean
-                num_items_in_batch = None
-            loss = super().training_step(model, batch, num_items_in_batch)
-            self.lisa.step_done()
-            return loss
-
-        def create_scheduler(self, num_training_steps, optimizer=None):
-            # StepLR(step_size=1 epoch, gamma) of the reference code, as a per-update LambdaLR.
-            if self.lr_scheduler is None:
-                optimizer = optimizer or self.optimizer
-                per_epoch = self.steps_per_epoch or max(
-                    1, round(num_training_steps / max(self.args.num_train_epochs, 1e-9)))
-                gamma = self.lr_gamma
-                self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(
-                    optimizer, lambda step: gamma ** (step // per_epoch))
-            return self.lr_scheduler
-
-        def flush_sums(self) -> dict:
-            """Mean task loss and penalty since the last call (also kept as last_*)."""
-            if not self._n:
-                return {}
-            self.last_task_loss = float(self._task_sum) / self._n
-            self.last_penalty = float(self._pen_sum) / self._n
-            self._reset_sums()
-            return {"task_loss": self.last_task_loss, "penalty": self.last_penalty}
-
-        def log(self, logs, *args, **kwargs):
-            if "loss" in logs:
-                logs.update(self.flush_sums())
-            bad = [k for k in ("task_loss", "penalty", "grad_norm")
-                   if k in logs and not math.isfinite(float(logs[k]))]
-            if bad:
-                raise AsftError(
-                    f"{bad[0]} is not finite at step {self.state.global_step} (task loss "
-                    f"{logs.get('task_loss')}, penalty {logs.get('penalty')}, grad norm "
-                    f"{logs.get('grad_norm')}); lower --lr or --lam")
-            if self.log_path is not None and self.args.process_index == 0:
-                append_jsonl(self.log_path, {"step": self.state.global_step, **logs})
-            super().log(logs, *args, **kwargs)
-
+    AsftTrainer.__module__, AsftTrainer.__qualname__ = __name__, "AsftTrainer"
     return AsftTrainer
+
+
+def __getattr__(name: str):
+    # AsftTrainer subclasses transformers.Trainer: made on first use, so importing asft.train
+    # does not import transformers.
+    if name == "AsftTrainer":
+        return _make_trainer_class()
+    raise AttributeError(f"module 'asft.train' has no attribute {name!r}")
 
 
 def prepare_model(model: torch.nn.Module, cfg: TrainConfig) -> torch.nn.Module:

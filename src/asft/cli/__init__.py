@@ -13,7 +13,8 @@ import sys
 from asft.errors import AsftError
 
 # Sub-command modules, in the order they appear in `asft --help`.
-COMMANDS = ["import_gguf", "align", "anchor", "train", "merge", "safelora", "data", "eval", "landscape", "toy", "demo"]
+COMMANDS = ["import_gguf", "align", "anchor", "train", "merge", "safelora", "data", "eval", "experiment", "report",
+            "landscape", "toy", "demo"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -40,10 +40,10 @@ def run(args: argparse.Namespace) -> int:
         raise AsftError(f"missing {', '.join(missing)} (or use --inspect FILE)")
     if args.targets and args.target_regex:
         raise AsftError("give --targets or --target-regex, not both")
-    from asft.anchor import DEFAULT_TARGETS, compute_anchor
+    from asft.anchor import DEFAULT_TARGETS, build_anchor
 
     targets = f"re:{args.target_regex}" if args.target_regex else (args.targets or ",".join(DEFAULT_TARGETS))
-    res = compute_anchor(
+    res = build_anchor(
         args.base, args.aligned, targets=targets, rank=args.rank, out=args.out,
         overwrite=args.overwrite, progress=True,
     )

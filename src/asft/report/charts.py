@@ -1,4 +1,4 @@
-"""Tables and charts from result rows (``results.json``: method, lambda, form, task, hs, fa, ...)."""
+"""PNG charts of result rows (``results.json``: method, lambda, form, task, n, p, hs, fa, ...)."""
 
 from __future__ import annotations
 
@@ -6,74 +6,7 @@ from pathlib import Path
 from typing import Sequence
 
 from asft.fileio import atomic_path
-
-
-def label(row: dict) -> str:
-    """Human name of a row's setting, e.g. ``asft (reference C) λ=30``."""
-    m = row["method"]
-    if m == "asft":
-        return f"{_family(row)} λ={row['lambda']:g}"
-    if m == "l2":
-        return f"l2 λ={row['lambda']:g}"
-    return {"safelora": "Safe LoRA", "sft": "SFT", "aligned": "aligned (no fine-tuning)", "safeinstr": "SafeInstr",
-            "bea": "BEA"}.get(m, m)
-
-
-def _family(row: dict) -> str:
-    """``asft (reference C)`` or ``asft (projector, k=8)``-style name of an AsFT row's form."""
-    form = row.get("form") or "reference"
-    return "asft (reference C)" if form == "reference" else f"asft ({form})"
-
-
-def _pm(row: dict, key: str) -> str:
-    v = row.get(key)
-    if v is None:
-        return "-"
-    std = row.get(f"{key}_std")
-    return f"{v:.1f} ± {std:.1f}" if std else f"{v:.1f}"
-
-
-def markdown_table(rows: Sequence[dict]) -> str:
-    """| setting | HS % | FA % | seeds | max eig of C |, lower HS and higher FA are better."""
-    lines = ["| setting | HS % (lower is better) | FA % (higher is better) | seeds | max eig(C) |",
-             "|---|---|---|---|---|"]
-    for r in rows:
-        eig = r.get("c_max_eig")
-        seeds = r.get("seeds", [r.get("seed")] if r.get("seed") is not None else [])
-        lines.append(f"| {label(r)} | {_pm(r, 'hs')} | {_pm(r, 'fa')} | {len(seeds) or '-'} | "
-                     f"{'-' if eig is None else f'{eig:.3g}'} |")
-    return "\n".join(lines) + "\n"
-
-
-FA_TOLERANCE = 2.0  # accuracy points that count as "equal accuracy" when the seeds agree closely
-
-
-def _beats(a: dict, b: dict) -> bool:
-    """``a`` is safer than ``b`` beyond the seed spread (HS lower by more than both stds together)
-    at equal accuracy (FA not lower by more than both stds together, or FA_TOLERANCE points)."""
-    hs_gap = (a.get("hs_std") or 0) + (b.get("hs_std") or 0)
-    fa_gap = max((a.get("fa_std") or 0) + (b.get("fa_std") or 0), FA_TOLERANCE)
-    return a["hs"] < b["hs"] - hs_gap and a["fa"] >= b["fa"] - fa_gap
-
-
-def verdict(rows: Sequence[dict]) -> list[str]:
-    """Plain sentences: at each lambda, does AsFT (each form) beat the l2 control, is it beaten, or
-    are they within the seed spread? The l2 control is what tells whether the anchor matters."""
-    l2 = {r["lambda"]: r for r in rows if r["method"] == "l2"}
-    lines = []
-    for r in sorted((r for r in rows if r["method"] == "asft"), key=lambda r: (r.get("form") or "", r["lambda"])):
-        c = l2.get(r["lambda"])
-        if c is None:
-            continue
-        if _beats(r, c):
-            word = "AsFT WINS: safer at equal accuracy, beyond the seed spread"
-        elif _beats(c, r):
-            word = "l2 wins: the control is safer at equal accuracy, beyond the seed spread"
-        else:
-            word = "no difference beyond the seed spread"
-        lines.append(f"{label(r)}: HS {_pm(r, 'hs')} FA {_pm(r, 'fa')} vs l2 HS {_pm(c, 'hs')} "
-                     f"FA {_pm(c, 'fa')}: {word}")
-    return lines
+from asft.report.tables import family, label
 
 
 def bar_chart(rows: Sequence[dict], path: str | Path, title: str = "") -> Path:
@@ -117,7 +50,7 @@ def tradeoff_chart(rows: Sequence[dict], path: str | Path, title: str = "") -> P
     fig, ax = plt.subplots(figsize=(6.4, 4.8))
     families: dict[str, list[dict]] = {}
     for r in rows:
-        fam = _family(r) if r["method"] == "asft" else r["method"]
+        fam = family(r) if r["method"] == "asft" else r["method"]
         families.setdefault(fam, []).append(r)
     markers = {"sft": "s", "aligned": "*", "safelora": "D", "l2": "o"}
     for fam, rs in families.items():
@@ -190,3 +123,37 @@ def landscape_plots(doc: dict, out_dir: str | Path) -> list[Path]:
         fig.tight_layout()
         paths.append(_save(fig, out_dir / "landscape_2d.png"))
     return paths
+
+
+def sweep_chart(rows: Sequence[dict], task: str, by: str, path: str | Path, title: str = "") -> Path | None:
+    """HS and FA of each method against ``by`` (``p`` or ``n``) for one task, side by side
+    (error bars = std over seeds). None when the rows hold fewer than two values of ``by``."""
+    cell = [r for r in rows if r["task"] == task and r["method"] != "aligned" and r.get(by) is not None]
+    values = sorted({r[by] for r in cell})
+    if len(values) < 2:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from asft.report.tables import sort_key
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.2))
+    groups: dict[str, list[dict]] = {}
+    for r in sorted(cell, key=sort_key):
+        groups.setdefault(r["group"], []).append(r)
+    for ax, key, name in ((axes[0], "hs", "harmful score HS % (lower is better)"),
+                          (axes[1], "fa", "fine-tuning accuracy FA % (higher is better)")):
+        for g, rs in groups.items():
+            rs = sorted(rs, key=lambda r: r[by])
+            ax.errorbar([r[by] for r in rs], [r[key] if r[key] is not None else float("nan") for r in rs],
+                        yerr=[r.get(f"{key}_std") or 0 for r in rs], marker="o", capsize=2, label=label(rs[0]))
+        ax.set_xlabel({"p": "harmful ratio p", "n": "sample size N"}.get(by, by))
+        ax.set_ylabel(name)
+        ax.set_ylim(-2, 102)
+        ax.grid(alpha=0.3)
+    axes[1].legend(fontsize=7)
+    fig.suptitle(title or f"{task}: HS and FA against {by}", fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path)

@@ -1,0 +1,52 @@
+"""`asft experiment`: the runs of a YAML config (methods x lambda x tasks x n x p x seeds), resumable."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "experiment", help="run a comparison from a YAML config (resumable, shardable) and report it",
+        description="Expands CONFIG into runs (task x n x p x method x seed), trains and evaluates each "
+                    "one that is not done yet, and writes results.json/.csv/.md, plots and report.html "
+                    "to --out once all runs are finished. Copy a file of configs/ to start.",
+        epilog="example: asft experiment configs/toy_paper_table.yaml --out runs/toy-table --workers 2\n"
+               "         asft experiment my.yaml --out /shared/exp --shard 1/2   (and 2/2 on another machine)",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("config", help="experiment YAML file")
+    p.add_argument("--out", required=True, help="output folder (runs/, data/, report files)")
+    p.add_argument("--shard", metavar="I/N", help="run only shard I of N (machines sharing --out)")
+    p.add_argument("--workers", type=int, help="runs at once, one CPU thread each (default: the config's, else 1)")
+    p.add_argument("--dry-run", action="store_true", help="list the runs of this shard and exit")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from rich.console import Console
+
+    from asft.plan import load_plan, parse_shard, run_experiment
+
+    console = Console()
+    if args.dry_run:
+        index, count = parse_shard(args.shard)
+        plan = load_plan(args.config, args.out, log=console.print)
+        for job in plan.shard(index, count):
+            state = "done" if (job.folder / "row.json").is_file() else "to do"
+            console.print(f"{state:6} {job.folder}")
+        return 0
+
+    def on_row(spec, row):
+        where = row["task"] if row.get("p") is None else f"{row['task']} n={row['n']} p={row['p']:g}"
+        fa = "-" if row["fa"] is None else f"{row['fa']:.1f}"
+        console.print(f"{where} {spec.name}: HS {row['hs']:.1f}  FA {fa}")
+
+    res = run_experiment(args.config, args.out, shard=args.shard, workers=args.workers, log=console.print,
+                         on_row=on_row)
+    if res["report"] is not None:
+        console.print(Path(args.out, "results.md").read_text(encoding="utf-8"))
+        console.print(f"{res['total']} runs in {res['seconds']:.0f}s; results.json, results.csv, results.md, "
+                      f"plots/ and report.html in {args.out}")
+    return 0

@@ -1,0 +1,35 @@
+"""`asft report`: tables, plots and an HTML page from finished runs."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "report", help="tables (md, csv, json), plots and one HTML page from folders of finished runs",
+        description="Reads every row.json under the folders (e.g. an experiment's runs/), averages over "
+                    "seeds and writes results.json, results.csv, results.md (the paper-shaped main "
+                    "table per n and p, sweeps over p and n, AsFT against l2), plots/*.png and report.html.",
+        epilog="example: asft report runs/toy-table/runs --out runs/toy-table "
+               "--paper ../shared/data/asft-reference/paper-numbers.md")
+    p.add_argument("dirs", nargs="+", help="folders holding finished runs")
+    p.add_argument("--out", required=True, help="folder for the report files")
+    p.add_argument("--paper", help="paper-numbers.md of the reference data: the paper's numbers beside ours")
+    p.add_argument("--title", default="asft report")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from rich.console import Console
+
+    from asft.report import collect_rows, write_report
+
+    rows = collect_rows(args.dirs)
+    write_report(rows, args.out, paper=args.paper, title=args.title)
+    console = Console()
+    console.print((Path(args.out) / "results.md").read_text())
+    console.print(f"{len(rows)} runs: results.json, results.csv, results.md, plots/, report.html in {args.out}")
+    return 0

@@ -1,0 +1,341 @@
+"""``asft experiment CONFIG.yaml``: a YAML file expanded into the runs of a comparison.
+
+A config names the model (or a toy world), the anchor, the tasks and their data, sample sizes
+``n``, harmful ratios ``p``, methods (with their lambda values), seeds, judge, evaluation suites and
+training options (``configs/*.yaml`` are examples to copy). ``load_plan`` checks it and expands it:
+
+    cells  = task x n x p            one Setting each (its data: a fixed file or a mix built here)
+    runs   = cells x methods x seeds one RunSpec each; ``aligned`` once per task
+
+Each run lives in ``OUT/runs/<task>/n<N>-p<P>/<run name>`` (``aligned``: ``OUT/runs/<task>/aligned``)
+and is skipped when done under the same settings (``asft.experiment.run_one``), so a killed
+experiment resumes where it stopped. ``--shard I/N`` runs every N-th unit of work (a Safe LoRA run
+goes with the SFT run it is computed from), so several machines sharing OUT split one experiment
+without ever touching the same folder.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from asft.errors import AsftError
+from asft.experiment import METHODS, RunSpec, Setting
+from asft.fileio import read_yaml
+
+KEYS = {"name", "world", "model", "base", "anchor", "eval_dir", "plugins", "judge", "template",
+        "harmful_suite", "tasks", "n", "p", "seeds", "methods", "train", "eval", "safety_data",
+        "safelora", "proj_rank", "mix_seed", "paper", "workers"}
+TASK_KEYS = {"suite", "data", "pool", "harmful", "add", "n", "p"}
+LAMBDA_METHODS = ("asft", "l2")
+
+
+@dataclass
+class Job:
+    """One run of the plan: what to run, with which settings, in which folder."""
+
+    spec: RunSpec
+    setting: Setting
+    parent: Path  # the run's folder is parent / spec.name
+
+    @property
+    def folder(self) -> Path:
+        return self.parent / self.spec.name
+
+
+@dataclass
+class Plan:
+    name: str
+    jobs: list[Job]
+    config: dict = field(default_factory=dict)
+
+    def units(self) -> list[list[Job]]:
+        """Jobs grouped into units of work: a Safe LoRA run shares a unit with its SFT run."""
+        units: dict[tuple, list[Job]] = {}
+        for job in self.jobs:
+            spec = job.spec
+            name = RunSpec("sft", seed=spec.seed).name if spec.method == "safelora" else spec.name
+            units.setdefault((str(job.parent), name), []).append(job)
+        return list(units.values())
+
+    def shard(self, index: int, count: int) -> list[Job]:
+        """The jobs of shard ``index`` (1-based) of ``count``: every count-th unit."""
+        if count < 1 or not 1 <= index <= count:
+            raise AsftError(f"--shard {index}/{count}: expected I/N with 1 <= I <= N")
+        return [job for i, unit in enumerate(self.units()) if i % count == index - 1 for job in unit]
+
+
+def parse_shard(text: str | None) -> tuple[int, int]:
+    if not text:
+        return 1, 1
+    m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text)
+    if not m:
+        raise AsftError(f"--shard {text!r}: expected I/N, e.g. 1/2")
+    index, count = int(m.group(1)), int(m.group(2))
+    if count < 1 or not 1 <= index <= count:
+        raise AsftError(f"--shard {text}: expected I/N with 1 <= I <= N")
+    return index, count
+
+
+def _list(value: Any, what: str, path: Path, kind: Callable = float) -> list:
+    values = value if isinstance(value, list) else [value]
+    try:
+        return [kind(v) for v in values]
+    except (TypeError, ValueError):
+        raise AsftError(f"{path}: {what} should be a number or a list of numbers, got {value!r}") from None
+
+
+def _methods(raw: Any, path: Path) -> list[tuple[str, float, str | None]]:
+    """(method, lambda, form) for each entry: "sft", or {method: asft, lam: [1, 30], form: reference}."""
+    if not isinstance(raw, list) or not raw:
+        raise AsftError(f"{path}: methods should be a non-empty list")
+    out = []
+    for entry in raw:
+        entry = {"method": entry} if isinstance(entry, str) else entry
+        if not isinstance(entry, dict) or "method" not in entry:
+            raise AsftError(f"{path}: a methods entry should be a name or a mapping with 'method', got {entry!r}")
+        unknown = set(entry) - {"method", "lam", "form"}
+        if unknown:
+            raise AsftError(f"{path}: unknown key {sorted(unknown)[0]!r} in methods entry {entry!r}")
+        method = entry["method"]
+        if method not in METHODS:
+            raise AsftError(f"{path}: unknown method {method!r} (choose from {', '.join(METHODS)})")
+        if method in LAMBDA_METHODS:
+            if "lam" not in entry:
+                raise AsftError(f"{path}: method {method} needs lam (a value or a list)")
+            forms = [entry.get("form", "reference")] if method == "asft" else [None]
+            out += [(method, lam, form) for lam in _list(entry["lam"], "lam", path) for form in forms]
+        else:
+            if "lam" in entry or "form" in entry:
+                raise AsftError(f"{path}: method {method} takes no lam or form")
+            out.append((method, 0.0, None))
+    return out
+
+
+def _np_from_name(path: Path) -> tuple[int | None, float | None]:
+    """n and p from a reference file name such as ``SST2_1k_p_0.1.json``."""
+    m = re.search(r"_(\d+(?:\.\d+)?)k_p_(\d+(?:\.\d+)?)", path.name)
+    return (round(float(m.group(1)) * 1000), float(m.group(2))) if m else (None, None)
+
+
+def load_plan(path: str | Path, out: str | Path, log: Callable[[str], None] = print) -> Plan:
+    """Read and check ``path``, build what the runs need (toy world, anchor, data mixes in ``out``)
+    and expand the grid. Relative paths in the config are relative to the config file."""
+    path = Path(path)
+    raw = read_yaml(path)
+    unknown = sorted(set(raw) - KEYS)
+    if unknown:
+        raise AsftError(f"{path}: unknown key {unknown[0]!r} (known: {', '.join(sorted(KEYS))})")
+    out = Path(out).resolve()
+    here = path.resolve().parent
+
+    def rel(p: Any) -> Path:
+        q = Path(str(p)).expanduser()
+        return q if q.is_absolute() else here / q
+
+    for module in raw.get("plugins") or []:
+        import importlib
+
+        importlib.import_module(module)
+    world = None
+    if raw.get("world") is not None:
+        from asft.toy import get_world
+
+        w = raw["world"] if isinstance(raw["world"], dict) else {"size": raw["world"]}
+        unknown = sorted(set(w) - {"size", "seed", "cache_dir"})
+        if unknown:
+            raise AsftError(f"{path}: unknown key {unknown[0]!r} in world (size, seed, cache_dir)")
+        world = get_world(size=w.get("size", "demo"), seed=int(w.get("seed", 0)),
+                          cache_dir=str(rel(w["cache_dir"])) if w.get("cache_dir") else None)
+        model, base, eval_dir = Path(world.aligned), Path(world.base), Path(world.eval_dir)
+    else:
+        for key in ("model", "eval_dir"):
+            if not raw.get(key):
+                raise AsftError(f"{path}: {key} is required (or world: for the toy world)")
+        model, eval_dir = rel(raw["model"]), rel(raw["eval_dir"])
+        base = rel(raw["base"]) if raw.get("base") else None
+    for name, folder in (("model", model), ("eval_dir", eval_dir)):
+        if not folder.is_dir():
+            raise AsftError(f"{path}: {name} {folder} is not a folder")
+
+    methods = _methods(raw.get("methods"), path)
+    names = {m for m, _, _ in methods}
+    anchor = rel(raw["anchor"]) if raw.get("anchor") else None
+    if names & {"asft", "safelora"} and anchor is None:
+        if base is None:
+            raise AsftError(f"{path}: methods asft and safelora need anchor: FILE or base: DIR")
+        anchor = _anchor(base, model, out / "anchor.safetensors", log)
+    train = dict(raw.get("train") or {})
+    from asft.config import TrainConfig
+
+    reserved = {"model", "data", "out", "method", "lam", "form", "seed", "anchor"}  # set per run
+    bad = sorted((set(train) - set(TrainConfig.__dataclass_fields__)) | (set(train) & reserved))
+    if bad:
+        raise AsftError(f"{path}: train option {bad[0]!r} is unknown or set by the experiment itself")
+    safety = raw.get("safety_data")
+    if names & {"safeinstr", "bea", "lisa"}:
+        if safety is None and world is not None:
+            safety = _toy_safety(world, out / "data" / "safety.json")
+        if safety is None:
+            raise AsftError(f"{path}: methods safeinstr, bea and lisa need safety_data: FILE "
+                            "(`asft data safety` makes one)")
+        train["safety_data"] = str(rel(safety))
+    ev = dict(raw.get("eval") or {})
+    bad = sorted(set(ev) - {"batch_size", "limit", "max_new_tokens"})
+    if bad:
+        raise AsftError(f"{path}: unknown eval option {bad[0]!r}")
+    sl = dict(raw.get("safelora") or {})
+    seeds = _list(raw.get("seeds", [0]), "seeds", path, int)
+    ns = _list(raw.get("n", [None]), "n", path, lambda v: None if v is None else int(v))
+    ps = _list(raw.get("p", [None]), "p", path, lambda v: None if v is None else float(v))
+    mix_seed = int(raw.get("mix_seed", 42))
+    tasks = raw.get("tasks")
+    if not isinstance(tasks, dict) or not tasks:
+        raise AsftError(f"{path}: tasks should be a mapping of task names to {{suite: ..., data|pool: ...}}")
+
+    common = dict(model=model, eval_dir=eval_dir, harmful_suite=str(raw.get("harmful_suite", "harmful")),
+                  judge=_judge(raw.get("judge", "keyword"), rel, path), anchor=anchor, train=train,
+                  template=str(raw.get("template", train.get("template", "alpaca"))),
+                  eval_batch_size=int(ev.get("batch_size", 64)), max_new_tokens=ev.get("max_new_tokens"),
+                  eval_limit=ev.get("limit"), safelora_select=str(sl.get("select", "number")),
+                  safelora_num=sl.get("num"), safelora_threshold=float(sl.get("threshold", 0.5)),
+                  proj_rank=raw.get("proj_rank"), plugins=tuple(raw.get("plugins") or ()))
+    if "template" not in train:
+        train["template"] = common["template"]
+    jobs: list[Job] = []
+    for task, spec in tasks.items():
+        spec = spec if isinstance(spec, dict) else {"suite": spec}
+        unknown = sorted(set(spec) - TASK_KEYS)
+        if unknown:
+            raise AsftError(f"{path}: unknown key {unknown[0]!r} in task {task!r}")
+        suite = str(spec.get("suite", task))
+        cells = _cells(task, spec, ns, ps, world, out, mix_seed, rel, path)
+        aligned_done = False
+        for data, n, p in cells:
+            setting = Setting(data=data, task_suite=suite, task_name=task, n=n, p=p, **common)
+            parent = out / "runs" / task / f"n{n}-p{p:g}" if n is not None else out / "runs" / task / data.stem
+            for method, lam, form in methods:
+                if method == "aligned":
+                    if not aligned_done:
+                        jobs.append(Job(RunSpec("aligned"), setting, out / "runs" / task))
+                        aligned_done = True
+                    continue
+                for seed in seeds:
+                    jobs.append(Job(RunSpec(method, lam, form, seed), setting, parent))
+    config = {"file": str(path), **raw}
+    if raw.get("paper"):
+        config["paper"] = str(rel(raw["paper"]))
+    return Plan(name=str(raw.get("name", path.stem)), jobs=jobs, config=config)
+
+
+def _cells(task: str, spec: dict, ns: list, ps: list, world, out: Path, mix_seed: int, rel, path: Path):
+    """(data file, n, p) per cell of one task."""
+    if "data" in spec:  # fixed files: n and p from the task entry or the file name
+        files = spec["data"] if isinstance(spec["data"], list) else [spec["data"]]
+        cells = []
+        for f in files:
+            f = rel(f)
+            if not f.is_file():
+                raise AsftError(f"{path}: task {task!r}: data file {f} not found")
+            n, p = _np_from_name(f)
+            cells.append((f, spec.get("n", n), spec.get("p", p)))
+        return cells
+    n_list = _list(spec["n"], "n", path, int) if "n" in spec else ns
+    p_list = _list(spec["p"], "p", path) if "p" in spec else ps
+    if None in n_list or None in p_list:
+        raise AsftError(f"{path}: task {task!r} builds mixes: give n and p (values or lists)")
+    if "pool" in spec:  # a task pool and a harmful pool, mixed as `asft data mix`
+        from asft.data import load_records, mix_records
+        from asft.fileio import write_json
+
+        if "harmful" not in spec:
+            raise AsftError(f"{path}: task {task!r} has a pool but no harmful: FILE")
+        pool, harmful = load_records(rel(spec["pool"])), load_records(rel(spec["harmful"]))
+        cells = []
+        for n in n_list:
+            for p in p_list:
+                f = out / "data" / f"{task}-n{n}-p{p:g}.json"
+                write_json(f, mix_records(pool, harmful, n, p, seed=mix_seed, add=bool(spec.get("add", False))))
+                cells.append((f, n, p))
+        return cells
+    if world is None:
+        raise AsftError(f"{path}: task {task!r} needs data: FILE or pool: + harmful: FILES")
+    if task not in world.tasks:
+        raise AsftError(f"{path}: the toy world has tasks {', '.join(world.tasks)}, not {task!r}")
+    return [(Path(world.make_mix(task, n, p, seed=mix_seed)), n, p) for n in n_list for p in p_list]
+
+
+def _judge(spec: Any, rel, path: Path):
+    """A judge name ("keyword", "toy", ...) or {name: beaverdam, model: DIR, threshold, max_length}."""
+    if isinstance(spec, str):
+        return spec
+    if not isinstance(spec, dict) or "name" not in spec:
+        raise AsftError(f"{path}: judge should be a name or a mapping with name (and model, threshold, ...)")
+    unknown = sorted(set(spec) - {"name", "model", "threshold", "max_length", "batch_size"})
+    if unknown:
+        raise AsftError(f"{path}: unknown key {unknown[0]!r} in judge")
+    from asft.judges import make_judge
+
+    kw = {k: spec[k] for k in ("threshold", "max_length", "batch_size") if k in spec}
+    return make_judge(spec["name"], rel(spec["model"]) if spec.get("model") else None, **kw)
+
+
+def _anchor(base: Path, model: Path, target: Path, log) -> Path:
+    """The anchor of (base, model) in ``target``, reused when it belongs to these models."""
+    from asft.anchor import check_anchor_matches, build_anchor, load_anchor
+
+    if target.is_file():
+        try:
+            check_anchor_matches(load_anchor(target), model)
+            return target
+        except AsftError:
+            pass
+    log(f"computing the anchor {target} from {base} and {model}")
+    build_anchor(base, model, out=target, overwrite=True)
+    return target
+
+
+def _toy_safety(world, target: Path) -> str:
+    """The toy world's safety demonstrations: its alignment records whose answer is a refusal."""
+    from asft.fileio import read_json, write_json
+    from asft.toy import lexicon as L
+
+    records = [r for r in read_json(Path(world.root) / "data" / "alignment.json") if r["output"] in L.REFUSALS]
+    write_json(target, records)
+    return str(target)
+
+
+def run_experiment(config: str | Path, out: str | Path, shard: str | None = None, workers: int | None = None,
+                   log: Callable[[str], None] = print, on_row=None) -> dict:
+    """Run (or resume) the runs of ``config`` that belong to ``shard`` ("I/N"), then, once every run
+    of the experiment has finished (all shards), write the report into ``out``.
+
+    Returns ``{"plan": Plan, "ran": [...rows of this call...], "finished": k, "total": n, "report": doc|None}``.
+    """
+    import time
+
+    from asft.experiment import run_jobs
+    from asft.report import collect_rows, write_report
+
+    t0 = time.perf_counter()
+    out = Path(out)
+    index, count = parse_shard(shard)
+    plan = load_plan(config, out, log=log)
+    jobs = plan.shard(index, count)
+    done_before = sum((j.folder / "row.json").is_file() for j in jobs)
+    log(f"{plan.name}: {len(plan.jobs)} runs" + (f", shard {index}/{count}: {len(jobs)}" if count > 1 else "")
+        + (f", {done_before} already done (kept)" if done_before else ""))
+    workers = workers or int(plan.config.get("workers") or 1)
+    rows = run_jobs([(j.spec, j.setting, j.parent) for j in jobs], on_row=on_row, workers=workers)
+    finished = sum((j.folder / "row.json").is_file() for j in plan.jobs)
+    report = None
+    if finished == len(plan.jobs):
+        report = write_report(collect_rows([out / "runs"]), out, paper=plan.config.get("paper"),
+                              title=plan.name, config={k: v for k, v in plan.config.items()})
+    else:
+        log(f"{finished} of {len(plan.jobs)} runs finished: the report is written when every shard is done "
+            f"(or run `asft report {out / 'runs'} --out DIR` for what is there)")
+    return {"plan": plan, "ran": rows, "finished": finished, "total": len(plan.jobs), "report": report,
+            "seconds": round(time.perf_counter() - t0, 1)}

@@ -1,0 +1,139 @@
+"""``asft report DIR... --out DIR``: every finished run under the folders, as tables, plots and one
+offline HTML page.
+
+Outputs: ``results.json`` (aggregated rows and the per-run rows), ``results.csv``, ``results.md``
+(the paper-shaped main table per (n, p), sweeps over p and n, the AsFT-vs-l2 verdict per cell, the
+paper's numbers beside ours where the setting matches), ``plots/*.png`` and ``report.html``.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import re
+from pathlib import Path
+from typing import Sequence
+
+from asft.errors import AsftError
+from asft.fileio import read_json, write_json, write_text
+
+
+def collect_rows(dirs: Sequence[str | Path]) -> list[dict]:
+    """The rows of every finished run (``row.json``) under ``dirs``, each once (a folder given
+    twice, or inside another, is read once)."""
+    seen, rows = set(), []
+    for d in dirs:
+        d = Path(d)
+        if not d.is_dir():
+            raise AsftError(f"{d}: not a folder")
+        for path in sorted(d.rglob("row.json")):
+            real = path.resolve()
+            if real in seen:
+                continue
+            seen.add(real)
+            row = read_json(path)
+            if not isinstance(row, dict) or not {"method", "task", "hs", "group"} <= set(row):
+                raise AsftError(f"{path}: not a run row (needs method, task, group, hs)")
+            rows.append(row)
+    if not rows:
+        raise AsftError(f"no finished runs (row.json) under {', '.join(str(d) for d in dirs)}")
+    return rows
+
+
+def _cells(table: list[dict]) -> list[tuple]:
+    return sorted({(r.get("n"), r.get("p")) for r in table if r["method"] != "aligned"},
+                  key=lambda c: (c[0] or 0, c[1] or 0))
+
+
+def write_report(runs: list[dict], out: str | Path, paper: str | Path | None = None,
+                 title: str = "asft experiment", config: dict | None = None) -> dict:
+    """Aggregate ``runs`` (per-run rows) over seeds and write every output into ``out``."""
+    from asft.experiment import aggregate, results_document
+    from asft.report.charts import sweep_chart, tradeoff_chart
+    from asft.report.paper import load_paper_numbers, paper_beside
+    from asft.report.tables import main_table, sort_key, sweep_table, to_csv, verdict
+
+    out = Path(out)
+    table = sorted(aggregate(runs), key=lambda r: (r["task"], r.get("n") or 0, r.get("p") or 0, *sort_key(r)))
+    tasks = sorted({r["task"] for r in table})
+    md = [f"# {title}\n", f"{len(runs)} runs; HS: % of harmful prompts the judge flags (lower is better); "
+          "FA: task accuracy (higher is better); mean ± std over seeds; bold: best fine-tuned value "
+          "per column.\n"]
+    for n, p in _cells(table):
+        md += [f"\n## n = {n}, p = {p}\n\n", main_table(table, n, p)]
+        for t in tasks:
+            lines = verdict([r for r in table if r["task"] == t and (r.get("n"), r.get("p")) == (n, p)])
+            if lines:
+                md += [f"\nAsFT against the l2 control ({t}):\n\n"] + [f"- {x}\n" for x in lines]
+    plots: list[Path] = []
+    for t in tasks:
+        for by in ("p", "n"):
+            if len({r.get(by) for r in table if r["task"] == t and r["method"] != "aligned"}) > 1:
+                md += [f"\n## {t}: HS against {by}\n\n", sweep_table(table, t, by, "hs"),
+                       f"\n## {t}: FA against {by}\n\n", sweep_table(table, t, by, "fa")]
+                chart = sweep_chart(table, t, by, out / "plots" / f"{t}_{by}.png")
+                if chart:
+                    plots.append(chart)
+        for n, p in _cells(table):
+            cell = [r for r in table if r["task"] == t and (r.get("n"), r.get("p")) == (n, p)
+                    and r["method"] in ("asft", "l2", "sft")]
+            if len({r["lambda"] for r in cell if r["method"] in ("asft", "l2")}) > 1:
+                plots.append(tradeoff_chart(cell, out / "plots" / f"{t}_n{n}_p{p:g}_tradeoff.png",
+                                            title=f"{t}, n = {n}, p = {p:g}: HS vs FA over λ"))
+    if paper is not None:
+        numbers = load_paper_numbers(paper)
+        beside = paper_beside(table, numbers)
+        md += ["\n## The paper's numbers\n\n"]
+        md += [beside] if beside else ["No run here matches a setting of the paper's tables (tasks sst2, "
+                                       "agnews, gsm8k, alpaca at n = 1000, p = 0.1).\n"]
+    text = "".join(md)
+    out.mkdir(parents=True, exist_ok=True)
+    doc = results_document(config or {}, table, runs=runs)
+    write_json(out / "results.json", doc)
+    write_text(out / "results.csv", to_csv(table))
+    write_text(out / "results.md", text)
+    write_text(out / "report.html", to_html(text, plots, title))
+    doc["plots"] = [str(p) for p in plots]
+    return doc
+
+
+def to_html(markdown: str, plots: Sequence[Path], title: str) -> str:
+    """One self-contained page: the markdown's headings, tables and lists, then the plots inlined."""
+    body, table = [], []
+
+    def flush():
+        if table:
+            head, *rest = table
+            body.append("<table><tr>" + "".join(f"<th>{_inline(c)}</th>" for c in head) + "</tr>"
+                        + "".join("<tr>" + "".join(f"<td>{_inline(c)}</td>" for c in r) + "</tr>" for r in rest)
+                        + "</table>")
+            table.clear()
+
+    for line in markdown.splitlines():
+        if line.startswith("|"):
+            cells = [c.strip() for c in line.strip().strip("|").split("|")]
+            if not all(set(c) <= set("-: ") for c in cells):
+                table.append(cells)
+            continue
+        flush()
+        if line.startswith("#"):
+            level = min(len(line) - len(line.lstrip("#")), 3)
+            body.append(f"<h{level}>{_inline(line.lstrip('#').strip())}</h{level}>")
+        elif line.startswith("- "):
+            body.append(f"<ul><li>{_inline(line[2:])}</li></ul>")
+        elif line.strip():
+            body.append(f"<p>{_inline(line)}</p>")
+    flush()
+    for p in plots:
+        data = base64.b64encode(Path(p).read_bytes()).decode()
+        body.append(f'<figure><img alt="{html.escape(p.name)}" src="data:image/png;base64,{data}">'
+                    f"<figcaption>{html.escape(p.name)}</figcaption></figure>")
+    style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}"
+             "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #bbb;padding:4px 8px;"
+             "text-align:left}th{background:#eee}img{max-width:100%}")
+    return (f"<!doctype html><html><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
+            f"<style>{style}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
+
+
+def _inline(text: str) -> str:
+    return re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", html.escape(text))

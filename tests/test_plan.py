@@ -1,0 +1,140 @@
+"""`asft experiment`: config checks, grid expansion, shards, and a killed experiment that resumes."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from asft.errors import AsftError
+from asft.plan import load_plan, parse_shard, run_experiment
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _config(tmp_path, toy_world, **over):
+    """A small experiment on the test toy world (reused from the session cache)."""
+    cfg = {"name": "small", "world": {"size": "test", "seed": 0, "cache_dir": str(toy_world.root.parent)},
+           "plugins": ["asft.toy"], "judge": "toy", "template": "chat", "harmful_suite": "toy-harmful",
+           "tasks": {"topic": {"suite": "toy-topic"}}, "n": 160, "p": [0.1], "seeds": [0],
+           "methods": ["aligned", "sft", "safelora", {"method": "l2", "lam": 10}],
+           "train": {"lr": 1e-3, "epochs": 1, "batch_size": 16, "max_length": 128, "progress": False},
+           "eval": {"limit": 24, "batch_size": 64}}
+    cfg.update(over)
+    path = tmp_path / "exp.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def test_plan_expands_the_grid_and_shards_keep_safelora_with_its_sft(toy_world, tmp_path):
+    path = _config(tmp_path, toy_world, p=[0, 0.1], seeds=[0, 1],
+                   tasks={"topic": {"suite": "toy-topic"}, "sentiment": {"suite": "toy-sentiment"}},
+                   methods=["aligned", "sft", "safelora", {"method": "asft", "lam": [1, 30]}, "lisa"])
+    plan = load_plan(path, tmp_path / "out")
+    # per task: aligned once; per (p, seed): sft, safelora, asft x 2, lisa
+    assert len(plan.jobs) == 2 * (1 + 2 * 2 * 5)
+    names = {str(j.folder.relative_to(tmp_path / "out")) for j in plan.jobs}
+    assert "runs/topic/aligned" in names and "runs/sentiment/n160-p0.1/asft-reference-lam30-s1" in names
+    assert Path(plan.jobs[1].setting.train["safety_data"]).is_file()  # the toy world's refusals
+    for count in (1, 2, 3, 7):
+        shards = [plan.shard(i, count) for i in range(1, count + 1)]
+        folders = [str(j.folder) for s in shards for j in s]
+        assert sorted(folders) == sorted(str(j.folder) for j in plan.jobs)  # a partition
+        for s in shards:
+            mine = {str(j.folder) for j in s}
+            for j in s:
+                if j.spec.method == "safelora":
+                    assert str(j.parent / f"sft-s{j.spec.seed}") in mine
+    assert parse_shard("2/3") == (2, 3)
+    for bad in ("0/2", "3/2", "x"):
+        with pytest.raises(AsftError, match="--shard"):
+            parse_shard(bad)
+
+
+@pytest.mark.parametrize("over,message", [
+    ({"methods": ["dpo"]}, "unknown method 'dpo'"),
+    ({"methods": [{"method": "asft"}]}, "method asft needs lam"),
+    ({"methods": [{"method": "sft", "lam": 1}]}, "method sft takes no lam"),
+    ({"tasks": {"topic": {"suite": "toy-topic", "pool": "x.json"}}}, "has a pool but no harmful"),
+    ({"tasks": {"math": {"suite": "toy-topic"}}}, "the toy world has tasks"),
+    ({"train": {"lr": 1, "seed": 3}}, "train option 'seed' is unknown or set by the experiment"),
+    ({"evals": {}}, "unknown key 'evals'"),
+])
+def test_plan_refuses_bad_configs_by_name(toy_world, tmp_path, over, message):
+    with pytest.raises(AsftError, match=message):
+        load_plan(_config(tmp_path, toy_world, **over), tmp_path / "out")
+
+
+def test_plan_with_fixed_files_and_pools(toy_world, tmp_path):
+    """Real-model form: model/base/eval_dir folders, a fixed data file (n, p from its name) and pools."""
+    from asft.fileio import read_json, write_json
+
+    fixed = tmp_path / "SST2_1k_p_0.1.json"
+    fixed.write_bytes(Path(toy_world.make_mix("topic", 160, 0.1)).read_bytes())
+    records = read_json(fixed)
+    write_json(tmp_path / "pool.json", records)
+    write_json(tmp_path / "harm.json", records)
+    cfg = _config(tmp_path, toy_world, world=None, model=str(toy_world.aligned), base=str(toy_world.base),
+                  eval_dir=str(toy_world.eval_dir), n=[40, 80], p=[0.25],
+                  tasks={"fixed": {"suite": "toy-topic", "data": fixed.name},
+                         "pooled": {"suite": "toy-topic", "pool": "pool.json", "harmful": "harm.json"}},
+                  methods=["sft"])
+    plan = load_plan(cfg, tmp_path / "out")
+    cells = sorted({(j.setting.task, j.setting.n, j.setting.p) for j in plan.jobs})
+    assert cells == [("fixed", 1000, 0.1), ("pooled", 40, 0.25), ("pooled", 80, 0.25)]
+    pooled = read_json(tmp_path / "out" / "data" / "pooled-n80-p0.25.json")
+    assert len(pooled) == 80
+
+
+def test_killed_experiment_resumes_without_redoing_finished_runs(toy_world, tmp_path):
+    """Kill `asft experiment` after its first finished runs; the rerun keeps them (same files,
+    untouched), does the rest and writes the report."""
+    path = _config(tmp_path, toy_world)
+    out = tmp_path / "out"
+    env = {**os.environ, "ASFT_THREADS": "1", "PYTHONPATH": str(REPO / "src")}
+    proc = subprocess.Popen([sys.executable, "-m", "asft", "experiment", str(path), "--out", str(out)],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    deadline = time.time() + 300
+    try:
+        while len(list(out.rglob("row.json"))) < 2:
+            assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+            assert time.time() < deadline, "no run finished in 300 s"
+            time.sleep(0.2)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    done = {p: (p.stat().st_mtime_ns, p.read_text()) for p in out.rglob("row.json")}
+    assert 2 <= len(done) < 4 and not (out / "results.json").exists()
+    logs = []
+    res = run_experiment(path, out, log=logs.append)
+    assert f"{len(done)} already done (kept)" in logs[0]
+    assert res["finished"] == res["total"] == 4
+    for p, (mtime, text) in done.items():
+        assert p.stat().st_mtime_ns == mtime and p.read_text() == text
+    doc = json.loads((out / "results.json").read_text())
+    assert {r["group"] for r in doc["rows"]} == {"aligned", "sft", "safelora", "l2-lam10"}
+    assert (out / "report.html").is_file() and (out / "results.csv").is_file()
+
+
+def test_shipped_configs(tmp_path):
+    """configs/: the toy table expands to its 164 runs; the Llama-2 one names what to fill in."""
+    import asft.toy  # noqa: F401
+
+    plan = load_plan(REPO / "configs" / "toy_paper_table.yaml", tmp_path / "toy", log=lambda m: None)
+    assert len(plan.jobs) == 2 * (1 + 3 * 3 * 9)
+    assert {j.spec.method for j in plan.jobs} == {"aligned", "sft", "safelora", "safeinstr", "bea", "lisa", "l2",
+                                                   "asft"}
+    with pytest.raises(AsftError, match=r"model /path/to/Llama-2-7b-chat-hf is not a folder"):
+        load_plan(REPO / "configs" / "llama2_paper_table.yaml", tmp_path / "llama")
+    smol = REPO / "configs" / "smollm2_sst2.yaml"
+    raw = yaml.safe_load(smol.read_text())
+    model = (smol.parent / raw["model"]).resolve()
+    if not model.is_dir() or not Path(raw["base"]).expanduser().is_dir():
+        pytest.skip("the SmolLM2 pair is not here (scripts/get-real-models.sh, scripts/real-pair.sh)")
+    plan = load_plan(smol, tmp_path / "smol", log=lambda m: None)
+    assert len(plan.jobs) == 1 + 2 * (2 + 3 + 3)
