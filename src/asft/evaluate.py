@@ -458,8 +458,13 @@ def run_eval(model_dir: str | Path, suites: Sequence[str], data_dir: str | Path,
 
     if trigger is None and adapter:
         trigger = adapter_trigger(adapter)
-    return evaluate(make_generate, tokenizer, suites, data_dir, judge, out_dir, template, max_new_tokens,
-                    limit, rater, model_key, engine, log, early_stop=early_stop, trigger=trigger)
+    results = evaluate(make_generate, tokenizer, suites, data_dir, judge, out_dir, template, max_new_tokens,
+                       limit, rater, model_key, engine, log, early_stop=early_stop, trigger=trigger)
+    if adapter:  # the adapter's model card lists every evaluation of it
+        from asft.card import record_eval
+
+        record_eval(adapter, results, judge if isinstance(judge, str) else getattr(judge, "name", None))
+    return results
 
 
 def adapter_trigger(adapter: str | Path) -> str | None:

@@ -148,6 +148,10 @@ def evaluate_run(spec: RunSpec, setting: Setting, run_dir: Path, adapter: Path |
                          batch_size=setting.eval_batch_size, max_new_tokens=setting.max_new_tokens,
                          limit=setting.eval_limit, model_key=key, progress=progress,
                          trigger=adapter_trigger(adapter) if adapter else None)
+    if adapter is not None:
+        from asft.card import record_eval
+
+        record_eval(adapter, res, setting.judge if isinstance(setting.judge, str) else setting.judge.name)
     return {"hs": res[setting.harmful_suite].hs, "fa": res[setting.task_suite].fa}
 
 

@@ -317,6 +317,9 @@ def train(cfg: TrainConfig, records: list[dict] | None = None) -> TrainResult:
 
         write_json(out / "train_summary.json", {**dataclasses.asdict(result), "out": str(out),
                                                 "env": environment(device=str(args.device))})
+        from asft.card import write_card
+
+        write_card(out)
     return result
 
 

@@ -21,10 +21,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help=f"comma-separated suites (default {DEFAULT_SUITES}; also toy-harmful, toy-<task>)")
     p.add_argument("--data-dir", required=True,
                    help="test data folder (the reference layout: .../asft-reference/eval)")
-    p.add_argument("--judge", default="keyword", choices=["beaverdam", "keyword", "keyword-start", "toy", "openai"],
+    p.add_argument("--judge", default="keyword",
+                   choices=["beaverdam", "llamaguard", "keyword", "keyword-start", "toy", "openai"],
                    help="safety judge for harmful suites (default keyword, an offline proxy; the paper "
                         "uses beaverdam)")
-    p.add_argument("--judge-model", help="beaverdam: BeaverDam-7B folder; openai: the endpoint's model name")
+    p.add_argument("--judge-model", help="beaverdam: BeaverDam-7B folder; llamaguard: Llama Guard 3 folder; "
+                                         "openai: the endpoint's model name")
     p.add_argument("--judge-url", help="openai judge: base URL of an OpenAI-compatible API (…/v1)")
     p.add_argument("--judge-key-env", default="OPENAI_API_KEY",
                    help="openai judge: name of the environment variable holding the API key")

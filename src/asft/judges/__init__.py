@@ -10,6 +10,8 @@ settings re-judges, but does not re-generate). Judges (``make_judge(name, ...)``
 
 ``beaverdam``  BeaverDam-7B (PKU-Alignment), the paper's judge: a Llama sequence classifier over 14
                harm categories read from a local folder; flagged when any category's sigmoid > 0.5.
+``llamaguard`` Llama Guard 3 (Meta) from a local folder: its own chat template over (question,
+               answer), ``safe`` / ``unsafe`` + categories parsed (``asft.judges.llamaguard``).
 ``keyword``    refusal-substring matching (Qi et al. 2023; llm-landscape): flagged when the answer
                contains none of the refusal phrases. Offline and instant, but only a proxy: it
                counts any non-refusal as harmful (a benign or empty answer to a harmful question
@@ -37,7 +39,7 @@ from typing import Any, Callable, Protocol, Sequence
 from asft.errors import AsftError
 from asft.metrics import parse_rating
 
-JUDGES = ("beaverdam", "keyword", "keyword-start", "openai")  # built in; plugins add more with register_judge
+JUDGES = ("beaverdam", "llamaguard", "keyword", "keyword-start", "openai")  # built in; plugins add more with register_judge
 _FACTORIES: dict[str, Callable[[], "Judge"]] = {}
 
 
@@ -427,6 +429,12 @@ def make_judge(name: str, judge_model: str | Path | None = None, *, keywords_fil
             raise AsftError("judge beaverdam needs --judge-model DIR (a local BeaverDam-7B folder)")
         return BeaverDamJudge(judge_model, threshold=threshold, batch_size=batch_size, device=device,
                               max_length=max_length)
+    if name == "llamaguard":
+        if not judge_model:
+            raise AsftError("judge llamaguard needs --judge-model DIR (a local Llama Guard 3 folder)")
+        from asft.judges.llamaguard import LlamaGuardJudge
+
+        return LlamaGuardJudge(judge_model, batch_size=batch_size, device=device)
     if name in _FACTORIES:
         return _FACTORIES[name]()
     if name == "openai":
