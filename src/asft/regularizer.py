@@ -294,9 +294,11 @@ class AsftPenalty(nn.Module):
 
     def forward(self) -> torch.Tensor:
         A0 = self.pairs[self.names[0]][0]
+        # Each module's operator lives on that module's device (a model spread over devices with
+        # device_map="auto" keeps its modules where they are); moved once, on the first call.
         if self._device != A0.device:
-            for op in self.operators.values():
-                op.to(A0.device)
+            for n in self.names:
+                self.operators[n].to(self.pairs[n][0].device)
             self._device = A0.device
         # float32 whatever autocast a training loop runs under (bf16 would both lose the small
         # differences I - C is made of and mix dtypes in the Gram form's backward).
@@ -305,7 +307,7 @@ class AsftPenalty(nn.Module):
             for n in self.names:
                 A, B, scaling = self.pairs[n]
                 p = self.operators[n].penalty(A.float(), B.float())
-                total = total + (p * scaling**2 if self.scale_by_lora else p)
+                total = total + (p * scaling**2 if self.scale_by_lora else p).to(total.device)
         return self.lam * total
 
     def spectrum(self) -> dict[str, float]:

@@ -120,8 +120,14 @@ class AsftMixin:
         """Mean task loss and penalty since the last call (also kept as last_*)."""
         if not self._n:
             return {}
-        self.last_task_loss = float(self._task_sum) / self._n
-        self.last_penalty = float(self._pen_sum) / self._n
+        sums = torch.stack([torch.as_tensor(self._task_sum, dtype=torch.float32).detach().cpu(),
+                            torch.as_tensor(self._pen_sum, dtype=torch.float32).detach().cpu()]) / self._n
+        if self.accelerator.num_processes > 1:
+            # the mean over processes: a rank's loss is its share of the global batch (times the
+            # world size when the Trainer averages tokens across devices), so this is the global
+            # batch's loss, as one process on the whole batch would log it
+            sums = self.accelerator.reduce(sums.to(self.args.device), reduction="mean").cpu()
+        self.last_task_loss, self.last_penalty = float(sums[0]), float(sums[1])
         self._reset_sums()
         return {"task_loss": self.last_task_loss, "penalty": self.last_penalty}
 
@@ -220,6 +226,7 @@ def train(cfg: TrainConfig, records: list[dict] | None = None) -> TrainResult:
         raise AsftError(f"{out / 'checkpoints'}: no checkpoint to resume from (train with --save-steps N "
                         "to keep checkpoints)")
 
+    check_not_sharded(cfg)
     set_seed(cfg.seed)
     dtype = resolve_dtype(cfg.dtype)
     # The arguments come first: they set up the distributed state, so that under accelerate/torchrun
@@ -338,6 +345,33 @@ def add_safety_demonstrations(cfg: TrainConfig, records: list[dict], tokenizer) 
         return mix_safety(records, safety, n, cfg.seed), None
     trigger = make_trigger(tokenizer, cfg.seed)
     return with_trigger(records, safety, n, trigger, cfg.seed), trigger
+
+
+def sharded_setup(environ=None) -> str | None:
+    """The parameter-sharding set-up ``accelerate launch`` announces in the environment (FSDP or
+    DeepSpeed ZeRO-3), else None."""
+    import os
+
+    env = os.environ if environ is None else environ
+    if str(env.get("ACCELERATE_USE_FSDP", "")).lower() in ("1", "true", "yes"):
+        return "FSDP"
+    if (str(env.get("ACCELERATE_USE_DEEPSPEED", "")).lower() in ("1", "true", "yes")
+            and str(env.get("ACCELERATE_DEEPSPEED_ZERO_STAGE", "")) == "3"):
+        return "DeepSpeed ZeRO-3"
+    return None
+
+
+def check_not_sharded(cfg: TrainConfig, environ=None) -> None:
+    """Refuse the penalty (asft, l2) and Lisa under FSDP / ZeRO-3: they read the LoRA weights through
+    references taken before the model is wrapped, which sharding replaces by flat shards, so the
+    penalty would silently see empty tensors and give no gradient. Data parallel (DDP) and ZeRO-1/2
+    keep whole parameters and are supported."""
+    setup = sharded_setup(environ)
+    if setup and cfg.method in ("asft", "l2", "lisa"):
+        raise AsftError(f"method {cfg.method} under {setup}: the penalty reads whole LoRA weights, which "
+                        f"{setup} shards (it would get no gradient); launch with plain data parallel "
+                        "(accelerate launch / torchrun without FSDP) or DeepSpeed ZeRO-1/2. LoRA weights "
+                        "are small: sharding them saves little.")
 
 
 def make_lisa(cfg: TrainConfig, model: torch.nn.Module, tokenizer, args, batches_per_epoch: int):
