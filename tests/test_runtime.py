@@ -82,3 +82,14 @@ def test_help_starts_without_importing_torch():
             "print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_every_command_help_shows_an_example():
+    from asft.cli import COMMANDS, build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    assert len(sub.choices) == len(COMMANDS)
+    for name, command in sub.choices.items():
+        text = command.format_help()
+        assert "\nexample: asft " + name in text, name

@@ -17,6 +17,15 @@ COMMANDS = ["import_gguf", "align", "anchor", "train", "merge", "safelora", "dat
             "landscape", "toy", "demo"]
 
 
+class HelpFormatter(argparse.HelpFormatter):
+    """Wraps descriptions to the terminal; keeps an ``example:`` epilog's lines as written."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        if text.startswith("example"):
+            return "".join(indent + line for line in text.splitlines(keepends=True))
+        return super()._fill_text(text, width, indent)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="asft",
@@ -27,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name in COMMANDS:
         importlib.import_module(f"asft.cli.{name}").register(sub)
     for command in sub.choices.values():  # one thread policy for every command (asft.runtime)
+        command.formatter_class = HelpFormatter
         command.add_argument("--threads", type=int, metavar="N",
                              help="CPU threads for torch (default: $ASFT_THREADS, else half the usable "
                                   "cores; results do not depend on it, speed does)")

@@ -16,7 +16,8 @@ def register(subparsers) -> None:
             "streaming the two checkpoints tensor by tensor, and save it as a safetensors file. "
             "With --inspect FILE, print per-module statistics of an existing anchor."
         ),
-    )
+        epilog="example: asft anchor --base models/llama-2-7b --aligned models/llama-2-7b-chat --out anchor.safetensors\n"
+               "         asft anchor --inspect anchor.safetensors")
     p.add_argument("--base", metavar="DIR", help="base (pre-alignment) model folder")
     p.add_argument("--aligned", metavar="DIR", help="aligned (safety-tuned) model folder")
     p.add_argument("--out", metavar="FILE", help="anchor file to write (.safetensors)")

@@ -7,7 +7,9 @@ import argparse
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("data", help="build data files: safety demonstrations for SafeInstr / BEA",
-                       description="Data files made from training pools in the reference format.")
+                       description="Data files made from training pools in the reference format.",
+        epilog="example: asft data mix --task pool.json --harmful harmful.json --n 1000 --p 0.1 --out mix.json\n"
+               "         asft data inspect mix.json --tokenizer models/llama-2-7b-chat")
     data_sub = p.add_subparsers(dest="data_command", metavar="ACTION")
     data_sub.required = True
     s = data_sub.add_parser(

@@ -10,7 +10,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "demo", help="run SFT, AsFT, the l2 control and Safe LoRA on the embedded toy world",
         description="Builds (or reuses) the toy world, computes the anchor, fine-tunes with each "
                     "method, evaluates harmful score and task accuracy, and writes results.json, "
-                    "results.md and chart.png to --out.")
+                    "results.md and chart.png to --out.",
+        epilog="example: asft demo --out runs/demo --workers 2")
     p.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
     p.add_argument("--seeds", type=int, nargs="+", help="training seeds (default 0 1 2)")
     p.add_argument("--lambdas", type=float, nargs="+", help="lambda curve of asft and l2 (default 1 10 30 100)")

@@ -12,7 +12,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "eval", help="evaluate harmful score (HS) and fine-tuning accuracy (FA)",
         description="Generate greedy answers for each suite, judge / score them, and write per-suite "
                     "JSONL plus summary.json and summary.md to --out. Finished suites are reused on "
-                    "re-runs; generation resumes from its last checkpointed batch.")
+                    "re-runs; generation resumes from its last checkpointed batch.",
+        epilog="example: asft eval --model models/llama-2-7b-chat --adapter runs/asft --suite harmful,sst2 \\\n"
+               "             --data-dir ../shared/data/asft-reference/eval --judge keyword --template chat --out runs/asft/eval")
     p.add_argument("--model", required=True, help="model folder (Hugging Face format)")
     p.add_argument("--adapter", help="PEFT LoRA adapter folder applied on top of --model")
     p.add_argument("--merge", action=argparse.BooleanOptionalAction, default=True,

@@ -12,8 +12,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "one that is not done yet, and writes results.json/.csv/.md, plots and report.html "
                     "to --out once all runs are finished. Copy a file of configs/ to start.",
         epilog="example: asft experiment configs/toy_paper_table.yaml --out runs/toy-table --workers 2\n"
-               "         asft experiment my.yaml --out /shared/exp --shard 1/2   (and 2/2 on another machine)",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+               "         asft experiment my.yaml --out /shared/exp --shard 1/2   (and 2/2 on another machine)")
     p.add_argument("config", help="experiment YAML file")
     p.add_argument("--out", required=True, help="output folder (runs/, data/, report files)")
     p.add_argument("--shard", metavar="I/N", help="run only shard I of N (machines sharing --out)")

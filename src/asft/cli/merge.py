@@ -6,7 +6,8 @@ import argparse
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("merge", help="merge a LoRA adapter into its model (writes a model folder)")
+    p = sub.add_parser("merge", help="merge a LoRA adapter into its model (writes a model folder)",
+        epilog="example: asft merge --model models/llama-2-7b-chat --adapter runs/asft --out runs/asft-merged")
     p.add_argument("--model", required=True, help="model folder the adapter was trained on")
     p.add_argument("--adapter", required=True, help="adapter folder (from asft train)")
     p.add_argument("--out", required=True, help="output model folder")

@@ -16,7 +16,7 @@ def register(sub: argparse._SubParsersAction) -> None:
             "mode; 10 of 64 for Llama-2-7B, the same share for other models), or every module at or "
             "below --threshold. Writes a new adapter."
         ),
-    )
+        epilog="example: asft safelora --model models/llama-2-7b-chat --adapter runs/sft --anchor anchor.safetensors --out runs/safelora")
     p.add_argument("--model", required=True, metavar="DIR", help="aligned model folder the adapter was trained on")
     p.add_argument("--adapter", required=True, metavar="DIR", help="adapter folder (from asft train)")
     p.add_argument("--anchor", required=True, metavar="FILE", help="anchor file of this model (from asft anchor)")

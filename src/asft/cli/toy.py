@@ -10,7 +10,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "toy", help="build the embedded toy world (base + aligned models, data) or draw a training mix",
         description="The toy world: a small Llama pre-trained from scratch on a synthetic language in "
                     "which harmful requests get harmful answers, then aligned to refuse them; "
-                    "fine-tuning mixes in the reference format; held-out test sets; an exact judge.")
+                    "fine-tuning mixes in the reference format; held-out test sets; an exact judge.",
+        epilog="example: asft toy build --out toy && asft toy mix --world toy --task topic --n 1000 --p 0.1 --out toy/mix.json")
     toy_sub = p.add_subparsers(dest="toy_command", metavar="ACTION")
     toy_sub.required = True
 

@@ -17,7 +17,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "train", help="fine-tune an aligned model with LoRA (sft, asft or the l2 control)",
         description="Fine-tune an aligned model with LoRA. Defaults are the AsFT reference code's; "
                     "flags override a --config YAML file, which overrides the defaults.",
-)
+        epilog="example: asft train --model models/llama-2-7b-chat --data agnews_1k_p_0.1.json --method asft \\\n"
+               "             --anchor anchor.safetensors --lam 1 --out runs/asft",
+    )
     p.add_argument("--config", help="YAML file of options (keys as the long flags, with underscores)")
     defaults = TrainConfig()
     for f in dataclasses.fields(TrainConfig):
