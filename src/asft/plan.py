@@ -216,14 +216,13 @@ def load_plan(path: str | Path, out: str | Path, log: Callable[[str], None] = pr
         for data, n, p in cells:
             setting = Setting(data=data, task_suite=suite, task_name=task, n=n, p=p, **common)
             parent = out / "runs" / task / f"n{n}-p{p:g}" if n is not None else out / "runs" / task / data.stem
-            for method, lam, form in methods:
-                if method == "aligned":
-                    if not aligned_done:
-                        jobs.append(Job(RunSpec("aligned"), setting, out / "runs" / task))
-                        aligned_done = True
-                    continue
-                for seed in seeds:
-                    jobs.append(Job(RunSpec(method, lam, form, seed), setting, parent))
+            if "aligned" in names and not aligned_done:
+                jobs.append(Job(RunSpec("aligned"), setting, out / "runs" / task))
+                aligned_done = True
+            for seed in seeds:  # seed by seed: a partial experiment holds whole comparisons
+                for method, lam, form in methods:
+                    if method != "aligned":
+                        jobs.append(Job(RunSpec(method, lam, form, seed), setting, parent))
     config = {"file": str(path), **raw}
     if raw.get("paper"):
         config["paper"] = str(rel(raw["paper"]))
