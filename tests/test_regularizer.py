@@ -286,3 +286,31 @@ def test_penalty_under_autocast_stays_float32_and_backprops(strategy):
     assert value.dtype == torch.float32 and value.item() == pytest.approx(ref, rel=1e-6)
     value.backward()
     assert all(B.grad is not None for _, B, _ in lora_pairs(model).values())
+
+
+def test_each_operator_goes_to_its_own_modules_device(monkeypatch):
+    """device_map="auto" spreads modules over devices: each module's operator must follow that
+    module's LoRA weights, not the first module's. One CPU here, so the routing is checked by
+    recording where each operator is sent while the modules claim different devices."""
+    from asft.regularizer import ModuleOperator
+
+    model = _peft_model()
+    pen = AsftPenalty.from_model(model, _anchor_for(model), form="reference", lam=1.0)
+    claimed = {n: torch.device("cpu", i % 2) for i, n in enumerate(pen.names)}  # "cpu:0" / "cpu:1"
+    sent = {}
+    real_to = ModuleOperator.to
+
+    def to(self, device, dtype=torch.float32):
+        sent[self.name] = device
+        return real_to(self, torch.device("cpu"), dtype)
+
+    monkeypatch.setattr(ModuleOperator, "to", to)
+    expected = pen().item()
+    for n in pen.names:  # A's device as PEFT would report it under device_map
+        A, B, s = pen.pairs[n]
+        fake = type("A", (), {"device": claimed[n], "float": A.float, "new_zeros": A.new_zeros})()
+        pen.pairs[n] = (fake, B, s)
+    pen._device = None
+    sent.clear()
+    assert pen().item() == pytest.approx(expected)
+    assert sent == claimed
