@@ -330,3 +330,36 @@ def test_load_anchor_to_device(exact_file):
     e = anchor.entries[QV[0]]
     assert e.V.device.type == "cpu" and anchor.path == exact_file
     assert math.isfinite(e.norm)
+
+
+def test_anchor_from_a_harmful_adapter_equals_the_anchor_of_the_merged_model(tmp_path):
+    """No base published: the unaligned side is the aligned model fine-tuned on harmful data, given
+    as its LoRA adapter. V = W_aligned - (W_aligned + s B A) = -s B A, the same as the anchor against
+    the merged harmful model (asft merge), and exactly rank r."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from _models import make_llama_pair
+    from asft.anchor import build_anchor, load_anchor
+    from asft.modeling import load_model
+    from asft.train import merge
+
+    _, aligned = make_llama_pair(tmp_path, seed=0)
+    from _eval_tiny import byte_tokenizer
+
+    byte_tokenizer().save_pretrained(aligned)
+    torch.manual_seed(3)
+    peft = get_peft_model(load_model(aligned), LoraConfig(r=4, lora_alpha=16, target_modules=["q_proj", "v_proj"]))
+    for n, p in peft.named_parameters():
+        if "lora_B" in n:
+            torch.nn.init.normal_(p, std=0.02)  # a "trained" adapter
+    peft.save_pretrained(tmp_path / "harm-adapter")
+    merge(aligned, tmp_path / "harm-adapter", tmp_path / "harm-merged")
+    via_adapter = load_anchor(build_anchor(tmp_path / "harm-adapter", aligned, out=tmp_path / "a.safetensors").path)
+    via_merged = load_anchor(build_anchor(tmp_path / "harm-merged", aligned, out=tmp_path / "m.safetensors").path)
+    assert sorted(via_adapter.entries) == sorted(via_merged.entries) and len(via_adapter.entries) == 4
+    for name, e in via_adapter.entries.items():
+        torch.testing.assert_close(e.V, via_merged.entries[name].V, rtol=1e-4, atol=1e-6)
+        assert torch.linalg.matrix_rank(e.V.double(), rtol=1e-6) == 4
+    with pytest.raises(AsftError, match="no LoRA weights for 2 target modules"):
+        build_anchor(tmp_path / "harm-adapter", aligned, targets="q_proj,v_proj,k_proj")

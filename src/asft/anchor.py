@@ -16,6 +16,7 @@ plus string metadata (format "asft-anchor", version, targets, rank, modules, sha
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -26,7 +27,7 @@ import torch
 
 from asft.checkpoints import ModelFolder, SafetensorsWriter, check_pair, fingerprint
 from asft.errors import AsftError
-from asft.fileio import atomic_path
+from asft.fileio import atomic_path, read_json
 
 FORMAT = "asft-anchor"
 VERSION = "1"
@@ -276,14 +277,23 @@ def build_anchor(
         raise AsftError(f"--rank must be a positive integer, got {rank}")
     if out is not None and not overwrite and Path(out).exists():
         raise AsftError(f"{out}: output exists (pass --overwrite to replace it)")
-    base, aligned = ModelFolder(base_dir), ModelFolder(aligned_dir)
-    if base.path.resolve() == aligned.path.resolve():
-        raise AsftError(f"{aligned.path}: the aligned model is the base model (V would be zero)")
-    check_pair(base, aligned)
+    aligned = ModelFolder(aligned_dir)
+    if (Path(base_dir) / "adapter_config.json").is_file():  # the unaligned side as a LoRA adapter
+        base = AdapterSide(aligned, base_dir)
+    else:
+        base = ModelFolder(base_dir)
+        if base.path.resolve() == aligned.path.resolve():
+            raise AsftError(f"{aligned.path}: the aligned model is the base model (V would be zero)")
+        check_pair(base, aligned)
     spec = parse_targets(targets)
     modules = target_modules(aligned, spec)
     if not modules:
         raise AsftError(f"{aligned.path}: no 2-D weight matches the targets {spec if isinstance(spec, str) else ','.join(spec)}")
+    if isinstance(base, AdapterSide):
+        missing = [m for m in modules if m not in base.pairs]
+        if missing:
+            raise AsftError(f"{base.path}: the adapter has no LoRA weights for {len(missing)} target modules "
+                            f"(e.g. {missing[0]}); train it on the same targets")
     shapes = {m: tuple(aligned.shape(f"{m}.weight")) for m in modules}
 
     metadata = {
@@ -294,7 +304,7 @@ def build_anchor(
         "dtype": "float32",
         "modules": json.dumps(modules),
         "shapes": json.dumps({m: list(s) for m, s in shapes.items()}),
-        "base_fingerprint": fingerprint(base),
+        "base_fingerprint": base.fingerprint() if isinstance(base, AdapterSide) else fingerprint(base),
         "aligned_fingerprint": fingerprint(aligned),
         "base_dir": str(base.path.resolve()),
         "aligned_dir": str(aligned.path.resolve()),
@@ -328,6 +338,58 @@ def build_anchor(
 
 # --------------------------------------------------------------------------------------------
 # Loading and checking
+
+
+class AdapterSide:
+    """The unaligned side of an anchor given as a LoRA adapter trained FROM the aligned model (e.g.
+    on harmful data, for an aligned model published without its base): its weights are
+    W_aligned + s B A on the adapter's modules (s = alpha / r, or alpha / sqrt(r) with rsLoRA) and
+    W_aligned elsewhere, so the anchor is V = W_aligned - W_unaligned = -s B A: the direction from
+    the harmful fine-tune back to the aligned model. Read from safetensors only."""
+
+    def __init__(self, aligned: ModelFolder, adapter: str | os.PathLike):
+        from safetensors.torch import load_file
+
+        self.aligned, self.path = aligned, Path(adapter)
+        cfg = read_json(self.path / "adapter_config.json")
+        weights = self.path / "adapter_model.safetensors"
+        if not weights.is_file():
+            raise AsftError(f"{self.path}: no adapter_model.safetensors (only safetensors adapters are read)")
+        if cfg.get("peft_type", "LORA") != "LORA" or cfg.get("use_dora"):
+            raise AsftError(f"{self.path}: only plain LoRA adapters can be the unaligned side (not "
+                            f"{'DoRA' if cfg.get('use_dora') else cfg.get('peft_type')})")
+        if cfg.get("rank_pattern") or cfg.get("alpha_pattern"):
+            raise AsftError(f"{self.path}: adapters with per-module rank_pattern / alpha_pattern are not supported")
+        r, alpha = int(cfg["r"]), float(cfg["lora_alpha"])
+        self.scaling = alpha / math.sqrt(r) if cfg.get("use_rslora") else alpha / r
+        tensors = load_file(str(weights))
+        self.pairs: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        for key, A in tensors.items():
+            if key.endswith(".lora_A.weight"):
+                module = re.sub(r"^(base_model\.model\.)+", "", key[: -len(".lora_A.weight")])
+                B = tensors.get(key.replace(".lora_A.weight", ".lora_B.weight"))
+                if B is None:
+                    raise AsftError(f"{weights}: {key} has no lora_B partner")
+                self.pairs[module] = (A.float(), B.float())
+        if not self.pairs:
+            raise AsftError(f"{weights}: no LoRA weights found")
+
+    def get_tensor(self, name: str) -> torch.Tensor:
+        W = self.aligned.get_tensor(name).float()
+        pair = self.pairs.get(name.removesuffix(".weight"))
+        if pair is not None:
+            A, B = pair
+            W = W + self.scaling * (B @ A)
+        return W
+
+    def fingerprint(self) -> str:
+        from asft.checkpoints import folder_identity
+
+        return folder_identity(self.path)
+
+    @property
+    def modules(self) -> list[str]:
+        return sorted(self.pairs)
 
 
 def _anchor_from_tensors(tensors: dict[str, torch.Tensor], metadata: dict, path: Path | None) -> Anchor:

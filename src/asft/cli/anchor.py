@@ -18,7 +18,9 @@ def register(subparsers) -> None:
         ),
         epilog="example: asft anchor --base models/llama-2-7b --aligned models/llama-2-7b-chat --out anchor.safetensors\n"
                "         asft anchor --inspect anchor.safetensors")
-    p.add_argument("--base", metavar="DIR", help="base (pre-alignment) model folder")
+    p.add_argument("--base", metavar="DIR", help="base (pre-alignment) model folder, or a LoRA adapter folder "
+                   "trained from --aligned on harmful data (no base published: V = -s B A, the harmful "
+                   "fine-tune back to the aligned model)")
     p.add_argument("--aligned", metavar="DIR", help="aligned (safety-tuned) model folder")
     p.add_argument("--out", metavar="FILE", help="anchor file to write (.safetensors)")
     p.add_argument("--targets", metavar="LIST", help="comma-separated module-name suffixes (default: q_proj,v_proj)")
