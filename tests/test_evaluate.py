@@ -358,3 +358,38 @@ def test_early_stop_of_classification_answers_gives_the_full_answers_scores(tmp_
         assert cut[s].extra["early_stop"] and not full[s].extra["early_stop"]
     assert [r["response"] for r in cut["harmful"].rows] == [r["response"] for r in full["harmful"].rows]
     assert cut["harmful"].extra["early_stop"] is False
+
+
+def test_label_likelihood_matches_a_plain_forward_and_scores_the_argmax(tmp_path):
+    """--fa-mode likelihood: log p(label | prompt) from batched, right-padded forwards equals one
+    unpadded forward per (prompt, label); the answer is the argmax label; off by default."""
+    from asft.likelihood import _continuation_ids, label_logprobs
+    from asft.metrics import AGNEWS_LABELS, SST2_LABELS
+
+    model, tok = tiny_llama(seed=2), byte_tokenizer()
+    prompts = ["Sentiment of: great film\n### Response:\n", "x", "Categorize: Stocks fall. Answer: "]
+    labels = list(AGNEWS_LABELS)
+    got = label_logprobs(model, tok, prompts, labels, add_special_tokens=True, batch_size=5)
+    for i, p in enumerate(prompts):
+        for j, lab in enumerate(labels):
+            pid, cid = _continuation_ids(tok, p, lab, True)
+            ids = torch.tensor([pid + cid])
+            with torch.no_grad():
+                logp = torch.log_softmax(model(input_ids=ids).logits.float()[0], -1)
+            want = sum(float(logp[len(pid) - 1 + t, c]) for t, c in enumerate(cid))
+            assert got[i][j] == pytest.approx(want, abs=1e-4)
+
+    data = write_data(tmp_path / "data")
+    model_dir = save_tiny_llama(tmp_path / "m", seed=2)
+    res = run_eval(model_dir, ["sst2", "agnews"], data, tmp_path / "out", template="alpaca", progress=False,
+                   fa_mode="likelihood")
+    rows = res["sst2"].rows
+    assert all(r["response"] in SST2_LABELS for r in rows) and res["sst2"].extra["fa_mode"] == "likelihood"
+    items = load_suite("sst2", data)
+    scores = label_logprobs(tiny_llama(seed=2), tok, [format_prompt(it, "alpaca") for it in items], list(SST2_LABELS))
+    want = [SST2_LABELS[max(range(2), key=s.__getitem__)] for s in scores]
+    assert [r["response"] for r in rows] == want
+    assert "by label likelihood" in (tmp_path / "out" / "summary.md").read_text()
+    default = run_eval(model_dir, ["sst2"], data, tmp_path / "out2", template="alpaca", progress=False,
+                       max_new_tokens=4)
+    assert "fa_mode" not in default["sst2"].extra

@@ -308,8 +308,13 @@ def evaluate(make_generate: Callable[[], GenerateFn], tokenizer: Any, suites: Se
              template: str = "alpaca", max_new_tokens: int | None = None, limit: int | None = None,
              rater: OpenAIClient | None = None, model_key: Any = None, engine: str = "hf",
              log: Callable[[str], None] | None = None, early_stop: bool = True,
-             trigger: str | None = None) -> dict[str, SuiteResult]:
+             trigger: str | None = None, fa_mode: str = "generate",
+             make_scorer: Callable[[], Callable] | None = None) -> dict[str, SuiteResult]:
     """Run ``suites`` with a generation function built on first need by ``make_generate()``.
+
+    ``fa_mode="likelihood"``: AG News and SST-2 answers are the label with the highest likelihood
+    as the prompt's continuation (``asft.likelihood``; ``make_scorer()`` returns
+    ``scorer(prompts, labels, add_special_tokens) -> log-probs``), no generation. Off by default.
 
     ``trigger``: a secret prompt put at the head of every prompt's system text (the BEA baseline's;
     ``adapter_trigger`` reads it from an adapter folder).
@@ -327,6 +332,10 @@ def evaluate(make_generate: Callable[[], GenerateFn], tokenizer: Any, suites: Se
     check_template(tokenizer, template)  # before any model is loaded
     if not suites:
         raise AsftError("no suites to evaluate")
+    if fa_mode not in ("generate", "likelihood"):
+        raise AsftError(f"unknown FA mode {fa_mode!r} (generate or likelihood)")
+    if fa_mode == "likelihood" and make_scorer is None:
+        raise AsftError("the likelihood FA mode needs a scorer (the hf engine)")
     if data_dir is None:
         raise AsftError("no data dir given (pass --data-dir, e.g. .../asft-reference/eval)")
     data_dir = Path(data_dir)
@@ -345,7 +354,9 @@ def evaluate(make_generate: Callable[[], GenerateFn], tokenizer: Any, suites: Se
         n_new = max_new_tokens or spec.max_new_tokens
         data_file = data_dir / spec.path
         decided = _decided(spec.kind, items) if early_stop else None
+        by_likelihood = fa_mode == "likelihood" and spec.kind in ("agnews", "sst2")
         gen_key = content_hash({"model": model_key, "suite": spec.name, "early_stop": decided is not None,
+                                **({"fa_mode": "likelihood"} if by_likelihood else {}),
                                 "trigger": trigger,
                                 "data": content_hash(data_file) if data_file.is_file() else "absent",
                                 "template": template, "max_new_tokens": n_new, "limit": limit,
@@ -370,6 +381,15 @@ def evaluate(make_generate: Callable[[], GenerateFn], tokenizer: Any, suites: Se
                 out.mkdir(parents=True, exist_ok=True)
                 write_text(gen_path, json.dumps({"key": gen_key, "suite": spec.name, "n": len(items)}) + "\n")
         todo = [i for i in range(len(items)) if i not in responses]
+        if todo and by_likelihood:
+            labels = list(metrics.AGNEWS_LABELS if spec.kind == "agnews" else metrics.SST2_LABELS)
+            log(f"{spec.name}: scoring {len(todo)} prompts by label likelihood ({', '.join(labels)})")
+            scores = make_scorer()([prompts[i] for i in todo], labels, template != "chat")
+            for i, row in zip(todo, scores):
+                responses[i] = labels[max(range(len(labels)), key=row.__getitem__)]
+                if gen_path is not None:
+                    append_jsonl(gen_path, {"i": i, "response": responses[i], "label_logprobs": row})
+            todo = []
         if todo:
             if generate_fn is None:
                 generate_fn = make_generate()
@@ -389,6 +409,8 @@ def evaluate(make_generate: Callable[[], GenerateFn], tokenizer: Any, suites: Se
         res = _score(spec, items, prompts, [responses[i] for i in range(len(items))], judge, rater, data_dir)
         res.extra.update(template=template, max_new_tokens=n_new, early_stop=decided is not None,
                          trigger=trigger is not None)
+        if by_likelihood:
+            res.extra["fa_mode"] = "likelihood"
         if out is not None:
             write_jsonl(out / f"{spec.name}.jsonl", res.rows)
             write_json(out / f"{spec.name}.result.json", {"key": result_key, "summary": res.summary()})
@@ -423,7 +445,7 @@ def run_eval(model_dir: str | Path, suites: Sequence[str], data_dir: str | Path,
              limit: int | None = None, rater: OpenAIClient | None = None, engine: str = "hf",
              device: str | None = None, progress: bool = True, dtype: str = "auto",
              log: Callable[[str], None] | None = None, early_stop: bool = True,
-             trigger: str | None = None) -> dict[str, SuiteResult]:
+             trigger: str | None = None, fa_mode: str = "generate") -> dict[str, SuiteResult]:
     """Evaluate a model folder (+ optional PEFT adapter folder, merged when ``merge``).
 
     An adapter trained with a trigger (BEA) is evaluated with it, as its method prescribes
@@ -448,18 +470,34 @@ def run_eval(model_dir: str | Path, suites: Sequence[str], data_dir: str | Path,
                  "merge": merge, "dtype": str(modeling.resolve_dtype(dtype, device))}
     tokenizer = modeling.load_tokenizer(model_dir)
 
+    loaded: dict[str, Any] = {}
+
+    def the_model():  # one load (and one merge) for generation and likelihood scoring alike
+        if "model" not in loaded:
+            model = modeling.load_model(model_dir, dtype=dtype, device=device)
+            if adapter:
+                model = modeling.load_adapter(model, adapter, merge=merge)
+            loaded["model"] = model.eval()
+        return loaded["model"]
+
     def make_generate() -> GenerateFn:
         if engine == "vllm":
             return VLLMGenerator(model_dir, adapter)
-        model = modeling.load_model(model_dir, dtype=dtype, device=device)
-        if adapter:
-            model = modeling.load_adapter(model, adapter, merge=merge)
-        return partial(_hf_generate, model.eval(), tokenizer, batch_size, progress)
+        return partial(_hf_generate, the_model(), tokenizer, batch_size, progress)
+
+    def make_scorer():
+        from asft.likelihood import label_logprobs
+
+        if engine != "hf":
+            raise AsftError("--fa-mode likelihood needs the hf engine")
+        return lambda prompts, labels, special: label_logprobs(the_model(), tokenizer, prompts, labels,
+                                                               special, batch_size=batch_size)
 
     if trigger is None and adapter:
         trigger = adapter_trigger(adapter)
     results = evaluate(make_generate, tokenizer, suites, data_dir, judge, out_dir, template, max_new_tokens,
-                       limit, rater, model_key, engine, log, early_stop=early_stop, trigger=trigger)
+                       limit, rater, model_key, engine, log, early_stop=early_stop, trigger=trigger,
+                       fa_mode=fa_mode, make_scorer=make_scorer)
     if adapter:  # the adapter's model card lists every evaluation of it
         from asft.card import record_eval
 
@@ -531,6 +569,8 @@ def write_summary(out_dir: str | Path, results: dict[str, SuiteResult], model: s
     table_results = {name: SuiteResult(**{k: s.get(k) for k in ("suite", "n", "hs", "hs_plus", "fa", "fa_ref", "score")})
                      for name, s in merged.items()}
     notes = [f"- {name}: {s['note']}" for name, s in merged.items() if s.get("note")]
+    notes += [f"- {name}: FA by label likelihood (the most likely label as continuation), not generated text"
+              for name, s in merged.items() if s.get("fa_mode") == "likelihood"]
     write_text(out / "summary.md", "# Evaluation summary\n\n" + summary_table(table_results)
                + ("\n" + "\n".join(notes) + "\n" if notes else "")
                + "\nHS: % of harmful prompts whose answer the judge flags (lower is better); HS+: flagged or "

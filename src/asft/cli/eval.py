@@ -54,6 +54,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--trigger", help="secret prompt put at the head of every prompt's system text (default: "
                                       "the one a BEA adapter was trained with, read from its folder)")
+    p.add_argument("--fa-mode", choices=["generate", "likelihood"], default="generate",
+                   help="AG News / SST-2: generate and parse the answer (the paper's way, default) or take "
+                        "the label with the highest likelihood (one forward per label, no generation)")
     p.add_argument("--no-early-stop", action="store_true",
                    help="generate AG News / SST-2 answers in full even once their score is decided "
                         "(the early stop never changes FA or FA ref)")
@@ -90,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
                        merge=args.merge, template=args.template, batch_size=args.batch_size,
                        max_new_tokens=args.max_new_tokens, limit=args.limit, rater=client,
                        engine=args.engine, device=args.device, dtype=args.dtype, progress=not args.no_progress,
-                       early_stop=not args.no_early_stop, trigger=args.trigger,
+                       early_stop=not args.no_early_stop, trigger=args.trigger, fa_mode=args.fa_mode,
                        log=lambda msg: console.print(f"[dim]{msg}[/dim]"))
     print(summary_table(results), end="")
     console.print(f"wrote {args.out}/summary.json and summary.md")
