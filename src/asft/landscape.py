@@ -199,7 +199,7 @@ def run_landscape(model_dir, anchor_path, out, *, dirs: Sequence[str] = ("align"
                   steps_2d: int | None = None,
                   data_dir=None, suite: str = "harmful", task_suite: str | None = None, judge="keyword",
                   template: str = "chat", limit: int | None = 80, batch_size: int = 64,
-                  adapter=None, marks: Sequence = (), norm: str = "layer", seed: int = 0,
+                  max_new_tokens: int | None = None, adapter=None, marks: Sequence = (), norm: str = "layer", seed: int = 0,
                   tol: float = 10.0, log: Callable[[str], None] | None = None) -> dict:
     """Scan, measure and draw the landscape of ``model_dir`` into ``out``; returns ``landscape.json``."""
     import time
@@ -234,7 +234,7 @@ def run_landscape(model_dir, anchor_path, out, *, dirs: Sequence[str] = ("align"
     def score(with_task: bool = True) -> dict:
         names = suites if with_task else [suite]
         res = evaluate_model(model, tok, names, data_dir, judge=judge, template=template, batch_size=batch_size,
-                             limit=limit, progress=False)
+                             limit=limit, max_new_tokens=max_new_tokens, progress=False)
         row = {"hs": res[suite].hs}
         if task_suite and with_task:
             row["fa"] = res[task_suite].fa
@@ -243,6 +243,7 @@ def run_landscape(model_dir, anchor_path, out, *, dirs: Sequence[str] = ("align"
     alphas = [span[0] + (span[1] - span[0]) * i / steps for i in range(steps + 1)]
     t0 = time.perf_counter()
     doc: dict = {"model": str(model_dir), "anchor": str(anchor_path), "norm": norm, "seed": seed, "range": list(span),
+                 "limit": limit, "max_new_tokens": max_new_tokens,
                  "steps": steps, "suite": suite, "task_suite": task_suite, "limit": limit,
                  "judge": judge if isinstance(judge, str) else judge.describe(), "tolerance": tol,
                  "modules": len(weights), "one_d": {}}

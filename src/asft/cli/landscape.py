@@ -30,6 +30,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--judge", default="keyword", choices=["keyword", "keyword-start", "toy"])
     p.add_argument("--template", default="chat", choices=["chat", "alpaca", "llama2"])
     p.add_argument("--limit", type=int, default=80, help="prompts per point (default 80)")
+    p.add_argument("--max-new-tokens", type=int,
+                   help="answer length per prompt (default: the suite's, 512 for harmful); the keyword "
+                        "judge reads refusals from the first sentences, so 64-128 makes a real-model scan "
+                        "several times faster")
     p.add_argument("--mark", nargs="*", default=[], metavar="ADAPTER", help="adapters to place on the plane")
     p.add_argument("--seed", type=int, default=0, help="seed of the random direction")
     p.add_argument("--out", required=True, metavar="DIR")
@@ -46,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     doc = run_landscape(args.model, args.anchor, args.out, dirs=[d for d in args.dirs.split(",") if d],
                         span=tuple(args.range), steps=args.steps, two_d=args.two_d, data_dir=args.data_dir,
                         suite=args.suite, task_suite=args.task_suite, judge=args.judge, template=args.template,
-                        limit=args.limit, adapter=args.adapter, marks=args.mark, norm=args.norm, seed=args.seed,
+                        limit=args.limit, max_new_tokens=args.max_new_tokens, adapter=args.adapter, marks=args.mark, norm=args.norm, seed=args.seed,
                         log=lambda msg: console.print(f"[dim]{msg}[/dim]"))
     for line in doc["summary"]:
         console.print(f"- {line}")
