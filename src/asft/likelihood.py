@@ -44,9 +44,26 @@ def label_logprobs(model: Any, tokenizer: Any, prompts: Sequence[str], labels: S
         for r, (_, _, s, _) in enumerate(chunk):  # right padding: positions are those of the text
             ids[r, : len(s)] = torch.tensor(s)
             mask[r, : len(s)] = 1
-        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
-        logp = torch.log_softmax(logits[:, :-1], dim=-1)
-        for r, (i, j, s, n_p) in enumerate(chunk):
-            target = torch.tensor(s[n_p:], device=device)
-            out[i][j] = float(logp[r, n_p - 1: len(s) - 1].gather(1, target[:, None]).sum())
+        # The LM head only where a label token is predicted: over every position it would cost
+        # seq x vocab x hidden per row (most of the time, and GBs of logits, for a 49k vocabulary).
+        hidden = model.get_decoder()(input_ids=ids.to(device), attention_mask=mask.to(device)).last_hidden_state
+        rows = torch.cat([torch.full((len(s) - n_p,), r) for r, (_, _, s, n_p) in enumerate(chunk)])
+        cols = torch.cat([torch.arange(n_p - 1, len(s) - 1) for _, _, s, n_p in chunk])
+        logits = _head(model, hidden[rows.to(device), cols.to(device)])
+        logp = torch.log_softmax(logits, dim=-1)
+        targets = torch.tensor([t for _, _, s, n_p in chunk for t in s[n_p:]], device=device)
+        picked = logp.gather(1, targets[:, None])[:, 0]
+        k = 0
+        for i, j, s, n_p in chunk:
+            out[i][j] = float(picked[k: k + len(s) - n_p].sum())
+            k += len(s) - n_p
     return out
+
+
+def _head(model: Any, hidden: torch.Tensor) -> torch.Tensor:
+    """The model's output layer on selected hidden states, float32, with its logit soft-capping."""
+    logits = model.get_output_embeddings()(hidden).float()
+    cap = getattr(model.config, "final_logit_softcapping", None)
+    if cap:
+        logits = torch.tanh(logits / cap) * cap
+    return logits
