@@ -363,7 +363,7 @@ def test_early_stop_of_classification_answers_gives_the_full_answers_scores(tmp_
 def test_label_likelihood_matches_a_plain_forward_and_scores_the_argmax(tmp_path):
     """--fa-mode likelihood: log p(label | prompt) from batched, right-padded forwards equals one
     unpadded forward per (prompt, label); the answer is the argmax label; off by default."""
-    from asft.likelihood import _continuation_ids, label_logprobs
+    from asft.likelihood import _label_ids, label_logprobs
     from asft.metrics import AGNEWS_LABELS, SST2_LABELS
 
     model, tok = tiny_llama(seed=2), byte_tokenizer()
@@ -372,7 +372,8 @@ def test_label_likelihood_matches_a_plain_forward_and_scores_the_argmax(tmp_path
     got = label_logprobs(model, tok, prompts, labels, add_special_tokens=True, batch_size=5)
     for i, p in enumerate(prompts):
         for j, lab in enumerate(labels):
-            pid, cid = _continuation_ids(tok, p, lab, True)
+            pid = tok(p)["input_ids"]
+            cid = _label_ids(tok, pid, p, lab, True)
             ids = torch.tensor([pid + cid])
             with torch.no_grad():
                 logp = torch.log_softmax(model(input_ids=ids).logits.float()[0], -1)
