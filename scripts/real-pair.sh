@@ -16,7 +16,7 @@ mkdir -p "$out"
 [ -f "$base/config.json" ] || { echo "no $base: run scripts/get-real-models.sh first" >&2; exit 2; }
 
 [ -f "$aligned/align.json" ] || \
-  asft align --model "$base" --reference "$ref" --out "$aligned" ${ALIGN_ARGS:---n-harmful 300 --n-benign 300 --epochs 1 --lr 3e-5}
+  asft align --model "$base" --reference "$ref" --out "$aligned" ${ALIGN_ARGS:---n-harmful 500 --n-benign 500 --epochs 2 --lr 5e-5}
 [ -f "$out/anchor.safetensors" ] || asft anchor --base "$base" --aligned "$aligned" --out "$out/anchor.safetensors"
 asft anchor --inspect "$out/anchor.safetensors" > "$out/anchor_inspect.txt"
 for m in original aligned; do
