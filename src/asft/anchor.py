@@ -16,7 +16,6 @@ plus string metadata (format "asft-anchor", version, targets, rank, modules, sha
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -25,9 +24,10 @@ from typing import Iterator, Sequence
 
 import torch
 
-from asft.checkpoints import ModelFolder, SafetensorsWriter, check_pair, fingerprint
+from asft.checkpoints import (ModelFolder, SafetensorsWriter, check_pair, fingerprint, folder_identity,
+                              read_lora_adapter)
 from asft.errors import AsftError
-from asft.fileio import atomic_path, read_json
+from asft.fileio import atomic_path
 
 FORMAT = "asft-anchor"
 VERSION = "1"
@@ -348,31 +348,8 @@ class AdapterSide:
     the harmful fine-tune back to the aligned model. Read from safetensors only."""
 
     def __init__(self, aligned: ModelFolder, adapter: str | os.PathLike):
-        from safetensors.torch import load_file
-
         self.aligned, self.path = aligned, Path(adapter)
-        cfg = read_json(self.path / "adapter_config.json")
-        weights = self.path / "adapter_model.safetensors"
-        if not weights.is_file():
-            raise AsftError(f"{self.path}: no adapter_model.safetensors (only safetensors adapters are read)")
-        if cfg.get("peft_type", "LORA") != "LORA" or cfg.get("use_dora"):
-            raise AsftError(f"{self.path}: only plain LoRA adapters can be the unaligned side (not "
-                            f"{'DoRA' if cfg.get('use_dora') else cfg.get('peft_type')})")
-        if cfg.get("rank_pattern") or cfg.get("alpha_pattern"):
-            raise AsftError(f"{self.path}: adapters with per-module rank_pattern / alpha_pattern are not supported")
-        r, alpha = int(cfg["r"]), float(cfg["lora_alpha"])
-        self.scaling = alpha / math.sqrt(r) if cfg.get("use_rslora") else alpha / r
-        tensors = load_file(str(weights))
-        self.pairs: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-        for key, A in tensors.items():
-            if key.endswith(".lora_A.weight"):
-                module = re.sub(r"^(base_model\.model\.)+", "", key[: -len(".lora_A.weight")])
-                B = tensors.get(key.replace(".lora_A.weight", ".lora_B.weight"))
-                if B is None:
-                    raise AsftError(f"{weights}: {key} has no lora_B partner")
-                self.pairs[module] = (A.float(), B.float())
-        if not self.pairs:
-            raise AsftError(f"{weights}: no LoRA weights found")
+        self.pairs, self.scaling = read_lora_adapter(self.path)
 
     def get_tensor(self, name: str) -> torch.Tensor:
         W = self.aligned.get_tensor(name).float()
@@ -383,13 +360,7 @@ class AdapterSide:
         return W
 
     def fingerprint(self) -> str:
-        from asft.checkpoints import folder_identity
-
         return folder_identity(self.path)
-
-    @property
-    def modules(self) -> list[str]:
-        return sorted(self.pairs)
 
 
 def _anchor_from_tensors(tensors: dict[str, torch.Tensor], metadata: dict, path: Path | None) -> Anchor:

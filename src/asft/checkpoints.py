@@ -363,3 +363,43 @@ class SafetensorsWriter:
         if self._next != len(self._specs):
             raise ValueError(f"only {self._next} of {len(self._specs)} declared tensors were written")
         self._f.flush()
+
+
+def peft_module_name(name: str) -> str:
+    """PEFT module name -> base model module name ("base_model.model.x.q_proj" -> "x.q_proj")."""
+    import re
+
+    return re.sub(r"^(base_model\.model\.)+", "", name)
+
+
+def read_lora_adapter(path: str | os.PathLike) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor]], float]:
+    """``({module: (A (r, d_in), B (d_out, r))}, scaling)`` of a saved PEFT LoRA adapter folder, float32:
+    a module's update is ``scaling * B @ A`` (scaling alpha / r, or alpha / sqrt(r) with rsLoRA).
+    Safetensors only; DoRA and per-module rank / alpha patterns are refused (one scaling would be wrong)."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    cfg = read_json(path / "adapter_config.json")
+    weights = path / "adapter_model.safetensors"
+    if not weights.is_file():
+        raise AsftError(f"{path}: no adapter_model.safetensors (only safetensors adapters are read)")
+    if cfg.get("peft_type", "LORA") != "LORA" or cfg.get("use_dora"):
+        raise AsftError(f"{path}: only plain LoRA adapters are supported (not "
+                        f"{'DoRA' if cfg.get('use_dora') else cfg.get('peft_type')})")
+    if cfg.get("rank_pattern") or cfg.get("alpha_pattern"):
+        raise AsftError(f"{path}: adapters with per-module rank_pattern / alpha_pattern are not supported")
+    if "r" not in cfg or "lora_alpha" not in cfg:
+        raise AsftError(f"{path / 'adapter_config.json'}: no r / lora_alpha")
+    r, alpha = int(cfg["r"]), float(cfg["lora_alpha"])
+    scaling = alpha / math.sqrt(r) if cfg.get("use_rslora") else alpha / r
+    tensors = load_file(str(weights))
+    pairs: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    for key, A in tensors.items():
+        if key.endswith(".lora_A.weight"):
+            B = tensors.get(key.replace(".lora_A.weight", ".lora_B.weight"))
+            if B is None:
+                raise AsftError(f"{weights}: {key} has no lora_B partner")
+            pairs[peft_module_name(key[: -len(".lora_A.weight")])] = (A.float(), B.float())
+    if not pairs:
+        raise AsftError(f"{weights}: no LoRA weights found")
+    return pairs, scaling

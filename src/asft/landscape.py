@@ -21,7 +21,6 @@ of 100 - HS over the scan, trimmed where HS has saturated at 100 at both ends).
 
 from __future__ import annotations
 
-import math
 from typing import Callable, Sequence
 
 import torch
@@ -87,28 +86,14 @@ def random_direction(weights: dict[str, torch.Tensor], seed: int = 0, orthogonal
 
 
 def adapter_update(adapter_dir, modules: Sequence[str]) -> Direction:
-    """scaling * B A per module of a saved PEFT LoRA adapter (safetensors only)."""
-    from pathlib import Path
+    """scaling * B A per module of a saved PEFT LoRA adapter (``checkpoints.read_lora_adapter``)."""
+    from asft.checkpoints import read_lora_adapter
 
-    from safetensors.torch import load_file
-
-    from asft.fileio import read_json
-
-    adapter_dir = Path(adapter_dir)
-    cfg = read_json(adapter_dir / "adapter_config.json")
-    if not (adapter_dir / "adapter_model.safetensors").is_file():
-        raise AsftError(f"{adapter_dir}: no adapter_model.safetensors")
-    tensors = load_file(str(adapter_dir / "adapter_model.safetensors"))
-    r, alpha = cfg.get("r", 8), cfg.get("lora_alpha", 8)
-    scaling = alpha / math.sqrt(r) if cfg.get("use_rslora") else alpha / r
-    d = {}
-    for m in modules:
-        a = next((v for k, v in tensors.items() if k.endswith(f"{m}.lora_A.weight")), None)
-        b = next((v for k, v in tensors.items() if k.endswith(f"{m}.lora_B.weight")), None)
-        if a is None or b is None:
-            raise AsftError(f"{adapter_dir}: no LoRA weights for module {m}")
-        d[m] = scaling * (b.float() @ a.float())
-    return d
+    pairs, scaling = read_lora_adapter(adapter_dir)
+    missing = [m for m in modules if m not in pairs]
+    if missing:
+        raise AsftError(f"{adapter_dir}: no LoRA weights for module {missing[0]}")
+    return {m: scaling * (pairs[m][1] @ pairs[m][0]) for m in modules}
 
 
 def coordinates(update: Direction, d1: Direction, d2: Direction | None = None) -> tuple[float, float | None]:

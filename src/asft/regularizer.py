@@ -28,13 +28,13 @@ Everything is computed in float32, whatever the model's dtype.
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterable
 
 import torch
 from torch import nn
 
+from asft.checkpoints import peft_module_name
 from asft.errors import AsftError
 
 if TYPE_CHECKING:
@@ -228,11 +228,6 @@ def build_operator(entry: "AnchorEntry", form: str, k: int | None = None,
 
 # ----------------------------------------------------------------------------- over a PEFT model
 
-def _module_key(name: str) -> str:
-    """PEFT module name -> base model module name ("base_model.model.x.q_proj" -> "x.q_proj")."""
-    return re.sub(r"^(base_model\.model\.)+", "", name)
-
-
 def lora_pairs(model: nn.Module, adapter: str = "default") -> dict[str, tuple[nn.Parameter, nn.Parameter, float]]:
     """{base module name: (A weight (r, d_in), B weight (d_out, r), scaling)} of a PEFT LoRA model."""
     pairs = {}
@@ -241,7 +236,7 @@ def lora_pairs(model: nn.Module, adapter: str = "default") -> dict[str, tuple[nn
         lora_B = getattr(module, "lora_B", None)
         if isinstance(lora_A, nn.ModuleDict) and adapter in lora_A:
             scaling = module.scaling[adapter] if hasattr(module, "scaling") else 1.0
-            pairs[_module_key(name)] = (lora_A[adapter].weight, lora_B[adapter].weight, float(scaling))
+            pairs[peft_module_name(name)] = (lora_A[adapter].weight, lora_B[adapter].weight, float(scaling))
     return pairs
 
 
