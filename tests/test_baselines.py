@@ -44,12 +44,10 @@ def test_safeinstr_and_bea_on_the_toy_world(toy_world, tmp_path):
     import asft.toy  # noqa: F401
     from asft.demo import TOY_RECIPE
     from asft.evaluate import run_eval
-    from asft.fileio import read_json, write_json
-    from asft.toy import lexicon as L
+    from asft.fileio import write_json
     from asft.train import TrainConfig, train
 
-    safety = [r for r in read_json(toy_world.root / "data" / "alignment.json") if r["output"] in L.REFUSALS]
-    write_json(tmp_path / "safety.json", safety)
+    write_json(tmp_path / "safety.json", toy_world.safety_records())
     data = toy_world.make_mix("topic", 400, 0.1)
     recipe = {k: v for k, v in TOY_RECIPE.items() if k != "logging_steps"}
     kw = dict(data_dir=toy_world.eval_dir, judge="toy", template="chat", batch_size=64, progress=False)
@@ -160,12 +158,10 @@ def test_lisa_on_the_toy_world(toy_world, tmp_path):
     import asft.toy  # noqa: F401
     from asft.demo import TOY_RECIPE
     from asft.evaluate import run_eval
-    from asft.fileio import read_json, write_json
-    from asft.toy import lexicon as L
+    from asft.fileio import write_json
     from asft.train import TrainConfig, train
 
-    safety = [r for r in read_json(toy_world.root / "data" / "alignment.json") if r["output"] in L.REFUSALS]
-    write_json(tmp_path / "safety.json", safety)
+    write_json(tmp_path / "safety.json", toy_world.safety_records())
     data = toy_world.make_mix("topic", 400, 0.1)
     recipe = {k: v for k, v in TOY_RECIPE.items() if k != "logging_steps"}
     kw = dict(data_dir=toy_world.eval_dir, judge="toy", template="chat", batch_size=64, progress=False)

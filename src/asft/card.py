@@ -83,14 +83,15 @@ def _fmt(v) -> str:
     return "-" if v is None else f"{v:.2f}"
 
 
-def record_eval(adapter: str | Path, results: dict, judge: str | None) -> None:
-    """Add the HS / FA of an evaluation (``asft.evaluate`` results) to the adapter's card."""
+def record_eval(adapter: str | Path, results: dict) -> None:
+    """Add the HS / FA of an evaluation (``asft.evaluate`` results; the judge of a harmful suite is
+    in its ``extra["judge"]``) to the adapter's card."""
     adapter = Path(adapter)
     path = adapter / EVALS
     evals = read_json(path) if path.is_file() else []
     today = datetime.date.today().isoformat()
     for name, r in results.items():
-        entry = {"date": today, "suite": name, "n": r.n, "judge": judge if r.hs is not None else None,
+        entry = {"date": today, "suite": name, "n": r.n, "judge": r.extra.get("judge"),
                  "hs": r.hs, "fa": r.fa}
         evals = [e for e in evals if (e["suite"], e.get("judge"), e["n"]) != (name, entry["judge"], r.n)] + [entry]
     write_json(path, evals)

@@ -501,7 +501,7 @@ def run_eval(model_dir: str | Path, suites: Sequence[str], data_dir: str | Path,
     if adapter:  # the adapter's model card lists every evaluation of it
         from asft.card import record_eval
 
-        record_eval(adapter, results, judge if isinstance(judge, str) else getattr(judge, "name", None))
+        record_eval(adapter, results)
     return results
 
 

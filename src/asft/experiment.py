@@ -151,7 +151,7 @@ def evaluate_run(spec: RunSpec, setting: Setting, run_dir: Path, adapter: Path |
     if adapter is not None:
         from asft.card import record_eval
 
-        record_eval(adapter, res, setting.judge if isinstance(setting.judge, str) else setting.judge.name)
+        record_eval(adapter, res)
     return {"hs": res[setting.harmful_suite].hs, "fa": res[setting.task_suite].fa}
 
 

@@ -85,7 +85,6 @@ def _roomy_layer_class():
     cache every step (at 64 rows x 400 tokens, SmolLM2: 436 ms per decode step, 360 with room; the
     same tokens and logits). Keys or values replaced from outside (rows leaving, caches merged) are
     adopted into a new buffer at the next append."""
-    import torch
     from transformers.cache_utils import DynamicLayer
 
     class RoomyLayer(DynamicLayer):

@@ -23,7 +23,7 @@ from typing import Any, Callable
 
 from asft.errors import AsftError
 from asft.experiment import METHODS, RunSpec, Setting
-from asft.fileio import read_yaml
+from asft.fileio import read_yaml, write_json
 
 KEYS = {"name", "world", "model", "base", "anchor", "eval_dir", "plugins", "judge", "template",
         "harmful_suite", "tasks", "n", "p", "seeds", "methods", "train", "eval", "safety_data",
@@ -62,8 +62,7 @@ class Plan:
 
     def shard(self, index: int, count: int) -> list[Job]:
         """The jobs of shard ``index`` (1-based) of ``count``: every count-th unit."""
-        if count < 1 or not 1 <= index <= count:
-            raise AsftError(f"--shard {index}/{count}: expected I/N with 1 <= I <= N")
+        _check_shard(index, count)
         return [job for i, unit in enumerate(self.units()) if i % count == index - 1 for job in unit]
 
 
@@ -74,9 +73,13 @@ def parse_shard(text: str | None) -> tuple[int, int]:
     if not m:
         raise AsftError(f"--shard {text!r}: expected I/N, e.g. 1/2")
     index, count = int(m.group(1)), int(m.group(2))
-    if count < 1 or not 1 <= index <= count:
-        raise AsftError(f"--shard {text}: expected I/N with 1 <= I <= N")
+    _check_shard(index, count)
     return index, count
+
+
+def _check_shard(index: int, count: int) -> None:
+    if count < 1 or not 1 <= index <= count:
+        raise AsftError(f"--shard {index}/{count}: expected I/N with 1 <= I <= N")
 
 
 def _list(value: Any, what: str, path: Path, kind: Callable = float) -> list:
@@ -176,8 +179,9 @@ def load_plan(path: str | Path, out: str | Path, log: Callable[[str], None] = pr
         raise AsftError(f"{path}: train option {bad[0]!r} is unknown or set by the experiment itself")
     safety = raw.get("safety_data")
     if names & {"safeinstr", "bea", "lisa"}:
-        if safety is None and world is not None:
-            safety = _toy_safety(world, out / "data" / "safety.json")
+        if safety is None and world is not None:  # the toy world supplies its own
+            safety = out / "data" / "safety.json"
+            write_json(safety, world.safety_records())
         if safety is None:
             raise AsftError(f"{path}: methods safeinstr, bea and lisa need safety_data: FILE "
                             "(`asft data safety` makes one)")
@@ -247,7 +251,6 @@ def _cells(task: str, spec: dict, ns: list, ps: list, world, out: Path, mix_seed
         raise AsftError(f"{path}: task {task!r} builds mixes: give n and p (values or lists)")
     if "pool" in spec:  # a task pool and a harmful pool, mixed as `asft data mix`
         from asft.data import load_records, mix_records
-        from asft.fileio import write_json
 
         if "harmful" not in spec:
             raise AsftError(f"{path}: task {task!r} has a pool but no harmful: FILE")
@@ -296,16 +299,6 @@ def _anchor(base: Path, model: Path, target: Path, log) -> Path:
     return target
 
 
-def _toy_safety(world, target: Path) -> str:
-    """The toy world's safety demonstrations: its alignment records whose answer is a refusal."""
-    from asft.fileio import read_json, write_json
-    from asft.toy import lexicon as L
-
-    records = [r for r in read_json(Path(world.root) / "data" / "alignment.json") if r["output"] in L.REFUSALS]
-    write_json(target, records)
-    return str(target)
-
-
 def run_experiment(config: str | Path, out: str | Path, shard: str | None = None, workers: int | None = None,
                    log: Callable[[str], None] = print, on_row=None) -> dict:
     """Run (or resume) the runs of ``config`` that belong to ``shard`` ("I/N"), then, once every run
@@ -332,7 +325,7 @@ def run_experiment(config: str | Path, out: str | Path, shard: str | None = None
     report = None
     if finished == len(plan.jobs):
         report = write_report(collect_rows([out / "runs"]), out, paper=plan.config.get("paper"),
-                              title=plan.name, config={k: v for k, v in plan.config.items()})
+                              title=plan.name, config=plan.config)
     else:
         log(f"{finished} of {len(plan.jobs)} runs finished: the report is written when every shard is done "
             f"(or run `asft report {out / 'runs'} --out DIR` for what is there)")

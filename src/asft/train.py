@@ -146,7 +146,6 @@ class AsftMixin:
         super().log(logs, *args, **kwargs)
 
 
-
 @functools.cache
 def _make_trainer_class():
     from transformers import Trainer

@@ -16,6 +16,7 @@ from typing import Sequence
 
 from asft.errors import AsftError
 from asft.fileio import read_json, write_json, write_text
+from asft.report.tables import markdown_cells
 
 
 def collect_rows(dirs: Sequence[str | Path]) -> list[dict]:
@@ -59,7 +60,8 @@ def write_report(runs: list[dict], out: str | Path, paper: str | Path | None = N
     md = [f"# {title}\n", f"{len(runs)} runs; HS: % of harmful prompts the judge flags (lower is better); "
           "FA: task accuracy (higher is better); mean ± std over seeds; bold: best fine-tuned value "
           "per column.\n"]
-    for n, p in _cells(table):
+    cells = _cells(table)
+    for n, p in cells:
         md += [f"\n## n = {n}, p = {p}\n\n", main_table(table, n, p)]
         for t in tasks:
             lines = verdict([r for r in table if r["task"] == t and (r.get("n"), r.get("p")) == (n, p)])
@@ -74,7 +76,7 @@ def write_report(runs: list[dict], out: str | Path, paper: str | Path | None = N
                 chart = sweep_chart(table, t, by, out / "plots" / f"{t}_{by}.png")
                 if chart:
                     plots.append(chart)
-        for n, p in _cells(table):
+        for n, p in cells:
             cell = [r for r in table if r["task"] == t and (r.get("n"), r.get("p")) == (n, p)
                     and r["method"] in ("asft", "l2", "sft")]
             if len({r["lambda"] for r in cell if r["method"] in ("asft", "l2")}) > 1:
@@ -111,8 +113,8 @@ def to_html(markdown: str, plots: Sequence[Path], title: str) -> str:
 
     for line in markdown.splitlines():
         if line.startswith("|"):
-            cells = [c.strip() for c in line.strip().strip("|").split("|")]
-            if not all(set(c) <= set("-: ") for c in cells):
+            cells = markdown_cells(line)
+            if cells is not None:
                 table.append(cells)
             continue
         flush()

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from asft.errors import AsftError
 from asft.fileio import read_text
+from asft.report.tables import markdown_cells
 
 TASKS = {"SST-2": "sst2", "AG News": "agnews", "GSM8K": "gsm8k", "Alpaca": "alpaca"}
 METHODS = {"SFT": "sft", "Safe LoRA": "safelora", "AsFT": "asft-reference-lam1"}
@@ -27,8 +28,8 @@ def _table_after(text: str, heading: str, path) -> list[list[str]]:
     for line in text[m.end():].lstrip("\n").splitlines():
         if not line.startswith("|"):
             break
-        cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if not all(set(c) <= set("-: ") for c in cells):
+        cells = markdown_cells(line)
+        if cells is not None:
             rows.append(cells)
     if len(rows) < 2:
         raise AsftError(f"{path}: the table under '## {heading}' is empty")

@@ -77,6 +77,12 @@ def verdict(rows: Sequence[dict]) -> list[str]:
 
 
 
+def markdown_cells(line: str) -> list[str] | None:
+    """The cells of a markdown table row; None for the ``|---|---|`` separator row."""
+    cells = [c.strip() for c in line.strip().strip("|").split("|")]
+    return None if all(set(c) <= set("-: ") for c in cells) else cells
+
+
 ORDER = {"aligned": 0, "sft": 1, "safelora": 2, "safeinstr": 3, "bea": 4, "lisa": 5, "l2": 6, "asft": 7}
 
 
@@ -126,7 +132,7 @@ def sweep_table(rows: Sequence[dict], task: str, by: str = "p", key: str = "hs")
     values = sorted({r[by] for r in cell})
     groups = sorted({r["group"]: r for r in cell}.values(), key=sort_key)
     at = {(r["group"], r[by]): r for r in cell}
-    lines = [f"| method | " + " | ".join(f"{by} = {_num(v)}" for v in values) + " |",
+    lines = ["| method | " + " | ".join(f"{by} = {_num(v)}" for v in values) + " |",
              "|---|" + "---|" * len(values)]
     for g in groups:
         lines.append(f"| {label(g)} | " + " | ".join(

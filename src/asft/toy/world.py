@@ -147,6 +147,11 @@ class World:
         harmful = C.harmful_records(_rng(self.seed, "train/harmful"), n_harm)
         return mix_records(pool, harmful, n, p, seed)
 
+    def safety_records(self) -> list[dict]:
+        """Safety demonstrations (harmful request -> refusal) for the SafeInstr / BEA / Lisa
+        baselines: the world's alignment records whose answer is a refusal."""
+        return [r for r in read_json(self.root / "data" / "alignment.json") if r["output"] in L.REFUSALS]
+
     def mix_path(self, task: str, n: int, p: float, seed: int = MIX_SEED) -> Path:
         suffix = "" if seed == MIX_SEED else f"_s{seed}"
         return self.root / "train" / f"{task}_n{n}_p{_fmt_p(p)}{suffix}.json"
