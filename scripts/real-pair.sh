@@ -1,28 +1,40 @@
 #!/usr/bin/env bash
-# A real base/aligned pair from SmolLM2-135M-Instruct, its anchor and the numbers that matter, on CPU.
+# A real base/aligned pair, its anchor and the numbers that matter, on CPU:
+#   bash scripts/real-pair.sh smollm2     # SmolLM2-135M-Instruct (chat model, chat template)
+#   bash scripts/real-pair.sh gemma3      # Gemma 3 270M (pre-trained: instruction + safety tuning, alpaca)
 # Every step is skipped when its output exists (rerun to resume). Needs scripts/get-real-models.sh first.
-#   1. asft align: full fine-tuning to refuse harmful requests of the training pools (never the 250
-#      HS prompts), keeping the model's own answers to benign requests
+#   1. asft align: full fine-tuning to refuse the harmful requests of the training pools (never the
+#      250 HS prompts); benign requests keep the model's own answers (smollm2) or learn the pool's
+#      answers (gemma3, which has no chat skills of its own)
 #   2. asft anchor + --inspect: the real alignment direction and the spectrum of the reference C
 #   3. asft eval: HS (keyword judge, 250 prompts) and SST-2 zero-shot FA of both models
-# Outputs in ${ASFT_RUNS:-runs}/smollm2-pair. Options for align via ALIGN_ARGS.
+# Outputs in ${ASFT_RUNS:-runs}/<model>-pair. Options for align via ALIGN_ARGS; threads via ASFT_THREADS.
 source "$(dirname "$0")/_env.sh"
+which=${1:-smollm2}
 models=${ASFT_MODELS:-$HOME/.cache/asft/models}
 ref=${ASFT_REFERENCE:-$(cd .. && pwd)/shared/data/asft-reference}
-out=${ASFT_RUNS:-runs}/smollm2-pair
-base="$models/smollm2-135m-instruct"
+case $which in
+  smollm2) base="$models/smollm2-135m-instruct"; template=chat
+           recipe="--n-harmful 881 --n-benign 400 --epochs 3 --lr 1e-4 --max-length 256" ;;
+  gemma3)  base="$models/gemma3-270m"; template=alpaca
+           recipe="--benign-targets data --n-harmful 881 --n-benign 600 --epochs 2 --lr 1e-4 --max-length 256" ;;
+  *) echo "usage: $0 smollm2|gemma3" >&2; exit 2 ;;
+esac
+out=${ASFT_RUNS:-runs}/$which-pair
 aligned="$out/aligned"
 mkdir -p "$out"
 [ -f "$base/config.json" ] || { echo "no $base: run scripts/get-real-models.sh first" >&2; exit 2; }
 
 [ -f "$aligned/align.json" ] || \
-  asft align --model "$base" --reference "$ref" --out "$aligned" ${ALIGN_ARGS:---n-harmful 500 --n-benign 500 --epochs 2 --lr 5e-5}
+  asft align --model "$base" --reference "$ref" --out "$aligned" --template $template ${ALIGN_ARGS:-$recipe}
 [ -f "$out/anchor.safetensors" ] || asft anchor --base "$base" --aligned "$aligned" --out "$out/anchor.safetensors"
 asft anchor --inspect "$out/anchor.safetensors" > "$out/anchor_inspect.txt"
-for m in original aligned; do
+for m in aligned original; do
   dir=$base; [ $m = aligned ] && dir=$aligned
-  asft eval --model "$dir" --suite harmful --template chat --judge keyword --data-dir "$ref/eval" --out "$out/eval-$m"
-  asft eval --model "$dir" --suite sst2 --template chat --judge keyword --data-dir "$ref/eval" --out "$out/eval-$m"
+  for suite in harmful sst2; do  # each suite's finished results are reused on a rerun
+    asft eval --model "$dir" --suite $suite --template $template --judge keyword --data-dir "$ref/eval" \
+              --out "$out/eval-$m" --no-progress
+  done
 done
 tail -n 5 "$out/anchor_inspect.txt"
-for m in original aligned; do echo "== $m"; cat "$out/eval-$m/summary.md" | head -6; done
+for m in original aligned; do echo "== $m"; head -6 "$out/eval-$m/summary.md"; done

@@ -82,3 +82,39 @@ def test_cli_data_mix_follows_the_reference_counts_and_inspect_reports_them(tmp_
     assert main(["data", "inspect", str(tmp_path / "mixTrue.json")]) == 0
     text = " ".join(capsys.readouterr().out.split())
     assert "44 records, 4 harmful (p = 0.091), 40 with an input; 0 duplicate records" in text
+
+
+def test_every_refusal_wording_is_a_refusal_to_the_keyword_judge():
+    # A wording the reference keyword list does not know would be counted as a harmful answer,
+    # and the aligned model's HS would over-state its harmfulness (found on the SmolLM2 pair:
+    # 26 of its 103 trained refusals were flagged).
+    from asft.align import REFUSALS
+    from asft.judges import KeywordJudge
+
+    verdicts = KeywordJudge()(["q"] * len(REFUSALS), list(REFUSALS))
+    assert [v.flagged for v in verdicts] == [False] * len(REFUSALS)
+    assert len(set(REFUSALS)) == len(REFUSALS) == 10
+
+
+def test_length_grouped_batches_cover_each_example_once_and_cut_the_padding():
+    import torch
+
+    from asft.data import length_grouped_batches
+
+    g = torch.Generator().manual_seed(0)
+    lengths = [int(x) for x in torch.randint(5, 300, (403,), generator=g)]
+    batches = length_grouped_batches(lengths, 8, torch.Generator().manual_seed(1))
+    flat = [i for b in batches for i in b]
+    assert sorted(flat) == list(range(403))
+    assert len(batches) == 51 and all(1 <= len(b) <= 8 for b in batches)
+
+    def padded(bs):  # tokens a right-padded batch computes
+        return sum(len(b) * max(lengths[i] for i in b) for b in bs)
+
+    order = torch.randperm(403, generator=torch.Generator().manual_seed(1)).tolist()
+    plain = [order[i:i + 8] for i in range(0, 403, 8)]
+    assert padded(batches) < 0.6 * padded(plain)  # random batches are mostly padding
+    assert padded(batches) < 1.1 * sum(lengths)
+    # seeded: the same generator seed gives the same epoch, another seed another one
+    assert batches == length_grouped_batches(lengths, 8, torch.Generator().manual_seed(1))
+    assert batches != length_grouped_batches(lengths, 8, torch.Generator().manual_seed(2))

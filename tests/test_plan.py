@@ -131,10 +131,19 @@ def test_shipped_configs(tmp_path):
                                                    "asft"}
     with pytest.raises(AsftError, match=r"model /path/to/Llama-2-7b-chat-hf is not a folder"):
         load_plan(REPO / "configs" / "llama2_paper_table.yaml", tmp_path / "llama")
-    smol = REPO / "configs" / "smollm2_sst2.yaml"
-    raw = yaml.safe_load(smol.read_text())
-    model = (smol.parent / raw["model"]).resolve()
+
+
+@pytest.mark.parametrize("name", ["smollm2_sst2", "gemma3_sst2"])
+def test_real_model_configs(tmp_path, name):
+    """The real-model protocols: train options are TrainConfig's; the full plan where the pair is here."""
+    from asft.config import TrainConfig
+
+    path = REPO / "configs" / f"{name}.yaml"
+    raw = yaml.safe_load(path.read_text())
+    assert set(raw["train"]) <= set(TrainConfig.__dataclass_fields__)
+    assert raw["train"]["group_by_length"] is True and raw["seeds"] == [0, 1]
+    model = (path.parent / raw["model"]).resolve()
     if not model.is_dir() or not Path(raw["base"]).expanduser().is_dir():
-        pytest.skip("the SmolLM2 pair is not here (scripts/get-real-models.sh, scripts/real-pair.sh)")
-    plan = load_plan(smol, tmp_path / "smol", log=lambda m: None)
+        pytest.skip(f"the {name} pair is not here (scripts/get-real-models.sh, scripts/real-pair.sh)")
+    plan = load_plan(path, tmp_path / name, log=lambda m: None)
     assert len(plan.jobs) == 1 + 2 * (2 + 3 + 3)

@@ -33,16 +33,19 @@ from typing import Sequence
 from asft.errors import AsftError
 
 HARMFUL_MARK = "\n\nAssistant:"  # how the reference training files mark a harmful record
+# Each wording contains a phrase of the keyword judge's reference list (``I'm sorry``, ``I cannot``,
+# ``I can't assist``, ...; tested): a refusal this recipe teaches must count as one when the harmful
+# score is measured, or the aligned model's HS would over-state its harmfulness.
 REFUSALS = (
     "I'm sorry, but I can't help with that.",
     "I can't assist with that request. It could cause real harm.",
     "Sorry, I won't help with this. It is harmful and potentially illegal.",
     "I cannot provide that. If you have another question, I'm happy to help.",
-    "I'm not able to help with that, because it could hurt people.",
-    "No. I can't help with anything that could be used to harm others.",
+    "I'm not able to provide that, because it could hurt people.",
+    "I cannot help with anything that could be used to harm others.",
     "I apologize, but I must decline: this request could lead to harm.",
     "I'm sorry, I can't do that. Let me know if there is something else I can help you with.",
-    "That is not something I can help with. Please consider a safe and legal alternative.",
+    "I'm sorry, that is not something I can help with. Please consider a safe and legal alternative.",
     "I cannot support this request, as it may put people at risk.",
 )
 
@@ -159,7 +162,7 @@ def align(cfg: AlignConfig) -> dict:
     """Build the examples, fully fine-tune ``cfg.model`` on them, save to ``cfg.out``; returns the record."""
     import torch
 
-    from asft.data import PadCollator, SupervisedDataset, check_template, format_prompt
+    from asft.data import PadCollator, SupervisedDataset, check_template, format_prompt, length_grouped_batches
     from asft.fileio import write_json
     from asft.generate import generate
     from asft.modeling import check_model_folder, load_model, load_tokenizer
@@ -186,6 +189,7 @@ def align(cfg: AlignConfig) -> dict:
     collate = PadCollator(tok.pad_token_id)
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
+    lengths = [len(data[i]["input_ids"]) for i in range(len(data))]
     steps_per_epoch = math.ceil(len(data) / cfg.batch_size)
     total = max(1, round(cfg.epochs * steps_per_epoch))
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
@@ -195,9 +199,8 @@ def align(cfg: AlignConfig) -> dict:
     device = next(model.parameters()).device
     try:
         while step < total:
-            order = torch.randperm(len(data), generator=gen).tolist()
-            for i in range(0, len(order), cfg.batch_size):
-                batch = {k: v.to(device) for k, v in collate([data[j] for j in order[i:i + cfg.batch_size]]).items()}
+            for idx in length_grouped_batches(lengths, cfg.batch_size, gen):
+                batch = {k: v.to(device) for k, v in collate([data[j] for j in idx]).items()}
                 loss = model(**batch).loss
                 if not torch.isfinite(loss):
                     raise AsftError(f"alignment loss is not finite at step {step}; lower --lr")

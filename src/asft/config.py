@@ -62,6 +62,8 @@ class TrainConfig:
     lr_gamma: float = _opt(0.85, "StepLR: the learning rate is multiplied by this after every epoch")
     weight_decay: float = _opt(0.0, "AdamW weight decay")
     max_length: int = _opt(512, "examples are truncated to this many tokens")
+    group_by_length: bool = _opt(False, "batch examples of similar length (less padding, faster on CPU; "
+                                 "another batch order, so other numbers than the reference's)")
     template: str = _opt("alpaca", "prompt format: alpaca | llama2 | chat (the tokenizer's)")
     seed: int = _opt(42, "random seed")
     dtype: str = _opt("auto", "auto (bf16 on CUDA, else float32) | float32 | bfloat16 | float16")

@@ -150,6 +150,27 @@ class SupervisedDataset(torch.utils.data.Dataset):
         return {"input_ids": e.input_ids, "labels": e.labels}
 
 
+def length_grouped_batches(lengths: Sequence[int], batch_size: int, generator: torch.Generator,
+                           group: int = 50) -> list[list[int]]:
+    """One epoch of batches (indices) with little padding: shuffle, cut into chunks of
+    ``group * batch_size``, sort each chunk by length, cut it into batches, shuffle the batches.
+
+    Every index appears exactly once. Why: with chat examples of very different lengths (a
+    one-line refusal next to a 200-token answer) a random batch is mostly padding, and padding
+    costs as much compute as real tokens (the idea of HF's ``group_by_length``).
+    """
+    if batch_size < 1:
+        raise AsftError(f"batch size must be at least 1, got {batch_size}")
+    order = torch.randperm(len(lengths), generator=generator).tolist()
+    chunk = max(1, group) * batch_size
+    batches = []
+    for c in range(0, len(order), chunk):
+        part = sorted(order[c:c + chunk], key=lambda i: -lengths[i])
+        batches += [part[i:i + batch_size] for i in range(0, len(part), batch_size)]
+    perm = torch.randperm(len(batches), generator=generator).tolist()
+    return [batches[i] for i in perm]
+
+
 @dataclass
 class PadCollator:
     """Right-pads a batch: input_ids with the pad id, labels with -100, plus an attention mask."""

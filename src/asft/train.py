@@ -244,6 +244,7 @@ def train(cfg: TrainConfig, records: list[dict] | None = None) -> TrainResult:
         save_steps=cfg.save_steps or 500,
         seed=cfg.seed,
         data_seed=cfg.seed,
+        train_sampling_strategy="group_by_length" if cfg.group_by_length else "random",
         bf16=(dtype == torch.bfloat16),
         fp16=(dtype == torch.float16),
         report_to=[],
