@@ -141,7 +141,7 @@ def test_real_model_configs(tmp_path, name):
     path = REPO / "configs" / f"{name}.yaml"
     raw = yaml.safe_load(path.read_text())
     assert set(raw["train"]) <= set(TrainConfig.__dataclass_fields__)
-    assert raw["train"]["group_by_length"] is True and raw["seeds"] == [0, 1]
+    assert raw["train"]["group_by_length"] is True and raw["train"]["dtype"] == "bfloat16" and raw["seeds"] == [0, 1]
     model = (path.parent / raw["model"]).resolve()
     if not model.is_dir() or not Path(raw["base"]).expanduser().is_dir():
         pytest.skip(f"the {name} pair is not here (scripts/get-real-models.sh, scripts/real-pair.sh)")
