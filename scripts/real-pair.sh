@@ -17,7 +17,7 @@ case $which in
   smollm2) base="$models/smollm2-135m-instruct"; template=chat
            recipe="--n-harmful 881 --n-benign 400 --epochs 3 --lr 1e-4 --max-length 256" ;;
   gemma3)  base="$models/gemma3-270m"; template=alpaca
-           recipe="--benign-targets data --n-harmful 881 --n-benign 600 --epochs 2 --lr 1e-4 --max-length 256" ;;
+           recipe="--benign-targets data --n-harmful 881 --n-benign 400 --epochs 2 --lr 1e-4 --max-length 192" ;;
   *) echo "usage: $0 smollm2|gemma3" >&2; exit 2 ;;
 esac
 out=${ASFT_RUNS:-runs}/$which-pair
@@ -29,12 +29,11 @@ mkdir -p "$out"
   asft align --model "$base" --reference "$ref" --out "$aligned" --template $template ${ALIGN_ARGS:-$recipe}
 [ -f "$out/anchor.safetensors" ] || asft anchor --base "$base" --aligned "$aligned" --out "$out/anchor.safetensors"
 asft anchor --inspect "$out/anchor.safetensors" > "$out/anchor_inspect.txt"
-for m in aligned original; do
-  dir=$base; [ $m = aligned ] && dir=$aligned
-  for suite in harmful sst2; do  # each suite's finished results are reused on a rerun
-    asft eval --model "$dir" --suite $suite --template $template --judge keyword --data-dir "$ref/eval" \
-              --out "$out/eval-$m" --no-progress
-  done
+for run in "aligned harmful" "aligned sst2" "original sst2" "original harmful"; do
+  set -- $run; dir=$base; [ $1 = aligned ] && dir=$aligned
+  # finished suites are reused on a rerun
+  asft eval --model "$dir" --suite $2 --template $template --judge keyword --data-dir "$ref/eval" \
+            --out "$out/eval-$1" --no-progress
 done
 tail -n 5 "$out/anchor_inspect.txt"
 for m in original aligned; do echo "== $m"; head -6 "$out/eval-$m/summary.md"; done
