@@ -118,3 +118,50 @@ def test_length_grouped_batches_cover_each_example_once_and_cut_the_padding():
     # seeded: the same generator seed gives the same epoch, another seed another one
     assert batches == length_grouped_batches(lengths, 8, torch.Generator().manual_seed(1))
     assert batches != length_grouped_batches(lengths, 8, torch.Generator().manual_seed(2))
+
+
+def test_an_interrupted_alignment_resumes_to_the_same_weights(toy_world, tmp_path, monkeypatch):
+    import torch
+    from safetensors.torch import load_file
+
+    import asft.toy  # noqa: F401
+    from asft.toy import lexicon as L
+
+    harmful = tmp_path / "harmful.json"
+    write_json(harmful, toy_world.mix_records("topic", 48, 1.0))
+    kw = dict(model=str(toy_world.base), harmful=[str(harmful)], n_harmful=48, n_benign=0,
+              refusals=list(L.REFUSALS), epochs=2, lr=2e-3, batch_size=8, max_length=64, progress=False,
+              save_steps=4)
+    whole = align(AlignConfig(out=str(tmp_path / "whole"), **kw))
+    assert whole["steps"] == 12 and whole["resumed_at"] == 0
+    assert not (tmp_path / ".whole.align").exists()  # the work folder goes once the model is written
+
+    calls = {"n": 0}
+    real_clip = torch.nn.utils.clip_grad_norm_
+
+    def crash_at_step_7(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 7:
+            raise KeyboardInterrupt("killed")
+        return real_clip(*a, **k)
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", crash_at_step_7)
+    with pytest.raises(KeyboardInterrupt):
+        align(AlignConfig(out=str(tmp_path / "cut"), **kw))
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", real_clip)
+    assert not (tmp_path / "cut").exists()
+    assert read_json(tmp_path / ".cut.align" / "checkpoint" / "state.json")["step"] == 4
+    resumed = align(AlignConfig(out=str(tmp_path / "cut"), **kw))
+    assert resumed["resumed_at"] == 4 and resumed["steps"] == 12
+    assert resumed["loss_first"] == whole["loss_first"] and resumed["loss_last"] == whole["loss_last"]
+    a, b = load_file(str(tmp_path / "whole" / "model.safetensors")), load_file(str(tmp_path / "cut" / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+    # other options: the old work folder is not reused
+    with pytest.raises(KeyboardInterrupt):
+        monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", crash_at_step_7)
+        calls["n"] = 0
+        align(AlignConfig(out=str(tmp_path / "cut2"), **kw))
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", real_clip)
+    fresh = align(AlignConfig(out=str(tmp_path / "cut2"), **{**kw, "lr": 1e-3}))
+    assert fresh["resumed_at"] == 0

@@ -110,8 +110,12 @@ class AlignConfig:
     batch_size: int = 8
     max_length: int = 320
     seed: int = 0
+    save_steps: int = 50  # a checkpoint every N steps (0: none); a rerun with the same options resumes
     overwrite: bool = False
     progress: bool = True
+
+
+_NOT_IDENTITY = ("overwrite", "progress", "save_steps")  # options that do not change the result
 
 
 def build_examples(cfg: AlignConfig, generate_answers=None) -> tuple[list[dict], dict]:
@@ -158,12 +162,68 @@ def _prompt_records(path: str | os.PathLike) -> list[dict]:
     return rows
 
 
+def _identity(cfg: AlignConfig) -> str:
+    from asft.fileio import content_hash
+
+    return content_hash({k: v for k, v in asdict(cfg).items() if k not in _NOT_IDENTITY})
+
+
+def _save_checkpoint(path: Path, model, opt, step: int, losses: list[float], ident: str) -> None:
+    """Model weights, AdamW state (tensors in safetensors, no pickle), the RNG state, losses: written
+    to a temporary folder and renamed, so a kill mid-write leaves the previous checkpoint whole."""
+    import torch
+    from safetensors.torch import save_file, save_model
+
+    from asft.fileio import write_json
+
+    tmp = path.parent / f"{path.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_model(model, str(tmp / "model.safetensors"))  # handles tied embeddings
+    tensors, state = {}, opt.state_dict()
+    for i, st in state["state"].items():
+        for k, v in st.items():
+            tensors[f"{i}.{k}"] = v.detach().contiguous() if torch.is_tensor(v) else torch.tensor(v)
+    tensors["rng.torch"] = torch.get_rng_state()
+    save_file(tensors, str(tmp / "optimizer.safetensors"))
+    write_json(tmp / "state.json", {"identity": ident, "step": step, "losses": losses,
+                                    "param_groups": state["param_groups"]})
+    old = path.parent / f"{path.name}.old-{os.getpid()}"
+    if path.exists():
+        os.rename(path, old)
+    os.rename(tmp, path)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _load_checkpoint(path: Path, model, opt) -> tuple[int, list[float]]:
+    import torch
+    from safetensors.torch import load_file, load_model
+
+    from asft.fileio import read_json
+
+    state = read_json(path / "state.json")
+    load_model(model, str(path / "model.safetensors"), strict=True)
+    tensors = load_file(str(path / "optimizer.safetensors"))
+    torch.set_rng_state(tensors.pop("rng.torch"))
+    per_param: dict[int, dict] = {}
+    for key, v in tensors.items():
+        i, name = key.split(".", 1)
+        per_param.setdefault(int(i), {})[name] = v
+    opt.load_state_dict({"state": per_param, "param_groups": state["param_groups"]})
+    return int(state["step"]), list(state["losses"])
+
+
 def align(cfg: AlignConfig) -> dict:
-    """Build the examples, fully fine-tune ``cfg.model`` on them, save to ``cfg.out``; returns the record."""
+    """Build the examples, fully fine-tune ``cfg.model`` on them, save to ``cfg.out``; returns the record.
+
+    Resumable: the examples (with the benign answers generated for them) are kept next to ``out`` as
+    soon as they exist, and a checkpoint every ``save_steps`` steps; a rerun with the same options
+    continues from them (the same batches and, on the same machine, the same weights as an
+    uninterrupted run); other options start afresh."""
     import torch
 
     from asft.data import PadCollator, SupervisedDataset, check_template, format_prompt, length_grouped_batches
-    from asft.fileio import write_json
+    from asft.fileio import read_json, write_json
     from asft.generate import generate
     from asft.modeling import check_model_folder, load_model, load_tokenizer
     from asft.progress import Progress
@@ -172,46 +232,68 @@ def align(cfg: AlignConfig) -> dict:
     out = Path(cfg.out)
     if out.exists() and any(out.iterdir()) and not cfg.overwrite:
         raise AsftError(f"{out}: exists and is not empty (pass --overwrite to replace it)")
+    if cfg.save_steps < 0:
+        raise AsftError(f"save_steps must be >= 0, got {cfg.save_steps}")
     check_model_folder(cfg.model)
     tok = load_tokenizer(cfg.model)
     check_template(tok, cfg.template, where=cfg.model)
     model = load_model(cfg.model, dtype="float32", device="cpu" if not torch.cuda.is_available() else None)
     t0 = time.perf_counter()
+    ident = _identity(cfg)
+    work = out.parent / f".{out.name}.align"  # examples + checkpoint of an unfinished run
+    examples = work / "examples.json"
+    if work.is_dir() and not (examples.is_file() and read_json(examples).get("identity") == ident):
+        shutil.rmtree(work)  # made with other options
+    if examples.is_file():
+        saved = read_json(examples)
+        rows, report = saved["rows"], saved["report"]
+    else:
+        def answers(requests: list[str]) -> list[str]:
+            prompts = [format_prompt({"instruction": q}, cfg.template, tok) for q in requests]
+            return generate(model, tok, prompts, max_new_tokens=cfg.benign_max_new, batch_size=32,
+                            add_special_tokens=cfg.template != "chat", progress=cfg.progress, desc="benign answers")
 
-    def answers(requests: list[str]) -> list[str]:
-        prompts = [format_prompt({"instruction": q}, cfg.template, tok) for q in requests]
-        return generate(model, tok, prompts, max_new_tokens=cfg.benign_max_new, batch_size=32,
-                        add_special_tokens=cfg.template != "chat", progress=cfg.progress, desc="benign answers")
-
-    rows, report = build_examples(cfg, answers)
+        rows, report = build_examples(cfg, answers)
+        write_json(examples, {"identity": ident, "rows": rows, "report": report})
     t_data = time.perf_counter() - t0
     data = SupervisedDataset(rows, tok, cfg.template, cfg.max_length)
     collate = PadCollator(tok.pad_token_id)
     torch.manual_seed(cfg.seed)
-    gen = torch.Generator().manual_seed(cfg.seed)
     lengths = [len(data[i]["input_ids"]) for i in range(len(data))]
     steps_per_epoch = math.ceil(len(data) / cfg.batch_size)
     total = max(1, round(cfg.epochs * steps_per_epoch))
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 - s / total)  # linear decay to 0
+    losses, step, resumed = [], 0, 0
+    checkpoint = work / "checkpoint"
+    if checkpoint.is_dir():
+        resumed, losses = _load_checkpoint(checkpoint, model, opt)
     model.train()
-    losses, step, bar = [], 0, Progress(total, "aligning", unit="steps", enabled=cfg.progress)
+    bar = Progress(total, "aligning", unit="steps", enabled=cfg.progress)
+    bar.advance(resumed)
     device = next(model.parameters()).device
+    order = torch.Generator().manual_seed(cfg.seed)  # the epochs' batch orders, replayed on a resume
     try:
         while step < total:
-            for idx in length_grouped_batches(lengths, cfg.batch_size, gen):
+            epoch = length_grouped_batches(lengths, cfg.batch_size, order)
+            for idx in epoch:
+                if step < resumed:  # done before the checkpoint
+                    step += 1
+                    continue
                 batch = {k: v.to(device) for k, v in collate([data[j] for j in idx]).items()}
+                for g in opt.param_groups:
+                    g["lr"] = cfg.lr * (1.0 - step / total)  # linear decay to 0
                 loss = model(**batch).loss
                 if not torch.isfinite(loss):
                     raise AsftError(f"alignment loss is not finite at step {step}; lower --lr")
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
                 opt.step()
-                sched.step()
                 opt.zero_grad(set_to_none=True)
                 losses.append(loss.item())
                 step += 1
                 bar.advance(1)
+                if cfg.save_steps and step % cfg.save_steps == 0 and step < total:
+                    _save_checkpoint(checkpoint, model, opt, step, losses, ident)
                 if step >= total:
                     break
     finally:
@@ -219,6 +301,7 @@ def align(cfg: AlignConfig) -> dict:
     model.eval()
     record = {"config": {k: v for k, v in asdict(cfg).items() if k not in ("overwrite", "progress")},
               **report, "examples": len(data), "truncated": data.n_truncated, "steps": step,
+              "resumed_at": resumed,
               "loss_first": round(sum(losses[:10]) / max(1, len(losses[:10])), 4),
               "loss_last": round(sum(losses[-10:]) / max(1, len(losses[-10:])), 4),
               "seconds": {"data": round(t_data, 1), "train": round(time.perf_counter() - t0 - t_data, 1)},
@@ -236,4 +319,5 @@ def align(cfg: AlignConfig) -> dict:
         os.rename(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    shutil.rmtree(work, ignore_errors=True)
     return record

@@ -32,6 +32,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--max-length", type=int, default=320)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--save-steps", type=int, default=50, metavar="N",
+                   help="checkpoint every N steps (0: never); rerunning the same command resumes an "
+                        "interrupted run from its examples and last checkpoint")
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=run)
 
@@ -48,8 +51,11 @@ def run(args: argparse.Namespace) -> int:
     cfg = AlignConfig(model=args.model, out=args.out, harmful=harmful, benign=benign, exclude=exclude,
                       n_harmful=args.n_harmful, n_benign=args.n_benign, benign_targets=args.benign_targets,
                       template=args.template, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
-                      max_length=args.max_length, seed=args.seed, overwrite=args.overwrite)
+                      max_length=args.max_length, seed=args.seed, save_steps=args.save_steps,
+                      overwrite=args.overwrite)
     rec = align(cfg)
+    if rec["resumed_at"]:
+        Console().print(f"resumed at step {rec['resumed_at']} of {rec['steps']}")
     Console().print(f"aligned model in {args.out}: {rec['harmful_used']} refusals + {rec['benign_used']} benign "
                     f"answers ({rec['benign_targets']}), {rec['steps']} steps, loss {rec['loss_first']} -> "
                     f"{rec['loss_last']}; {rec['excluded_overlap']} harmful requests dropped for overlapping "
