@@ -8,16 +8,20 @@
 #      answers (gemma3, which has no chat skills of its own)
 #   2. asft anchor + --inspect: the real alignment direction and the spectrum of the reference C
 #   3. asft eval: HS (keyword judge, 250 prompts) and SST-2 zero-shot FA of both models
-# Outputs in ${ASFT_RUNS:-runs}/<model>-pair. Options for align via ALIGN_ARGS; threads via ASFT_THREADS.
+# Outputs in ${ASFT_RUNS:-runs}/<model>-pair. ALIGN_ARGS replaces the recipe by one stage; threads via
+# ASFT_THREADS.
 source "$(dirname "$0")/_env.sh"
 which=${1:-smollm2}
 models=${ASFT_MODELS:-$HOME/.cache/asft/models}
 ref=${ASFT_REFERENCE:-$(cd .. && pwd)/shared/data/asft-reference}
+# A recipe is one or more `asft align` stages, each continuing from the previous one's model (seed
+# differs, so each stage draws its own batches, refusal wordings and benign answers).
 case $which in
   smollm2) base="$models/smollm2-135m-instruct"; template=chat
-           recipe="--n-harmful 881 --n-benign 400 --epochs 3 --lr 1e-4 --max-length 256" ;;
+           stages=("--n-harmful 881 --n-benign 400 --epochs 3 --lr 1e-4 --max-length 256 --seed 0"
+                   "--n-harmful 881 --n-benign 400 --epochs 2 --lr 1e-4 --max-length 256 --seed 1") ;;
   gemma3)  base="$models/gemma3-270m"; template=alpaca
-           recipe="--benign-targets data --n-harmful 881 --n-benign 400 --epochs 2 --lr 1e-4 --max-length 192" ;;
+           stages=("--benign-targets data --n-harmful 881 --n-benign 400 --epochs 2 --lr 1e-4 --max-length 192") ;;
   *) echo "usage: $0 smollm2|gemma3" >&2; exit 2 ;;
 esac
 out=${ASFT_RUNS:-runs}/$which-pair
@@ -25,8 +29,14 @@ aligned="$out/aligned"
 mkdir -p "$out"
 [ -f "$base/config.json" ] || { echo "no $base: run scripts/get-real-models.sh first" >&2; exit 2; }
 
-[ -f "$aligned/align.json" ] || \
-  asft align --model "$base" --reference "$ref" --out "$aligned" --template $template ${ALIGN_ARGS:-$recipe}
+[ -n "${ALIGN_ARGS:-}" ] && stages=("$ALIGN_ARGS")
+from=$base
+for i in "${!stages[@]}"; do  # stage k writes aligned-stage<k>, the last one aligned
+  to="$aligned-stage$((i + 1))"; [ $((i + 1)) = ${#stages[@]} ] && to=$aligned
+  [ -f "$to/align.json" ] || \
+    asft align --model "$from" --reference "$ref" --out "$to" --template $template ${stages[$i]}
+  from=$to
+done
 [ -f "$out/anchor.safetensors" ] || asft anchor --base "$base" --aligned "$aligned" --out "$out/anchor.safetensors"
 asft anchor --inspect "$out/anchor.safetensors" > "$out/anchor_inspect.txt"
 for run in "aligned harmful" "aligned sst2" "original sst2" "original harmful"; do
