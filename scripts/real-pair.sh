@@ -19,7 +19,8 @@ ref=${ASFT_REFERENCE:-$(cd .. && pwd)/shared/data/asft-reference}
 case $which in
   smollm2) base="$models/smollm2-135m-instruct"; template=chat
            stages=("--n-harmful 881 --n-benign 400 --epochs 3 --lr 1e-4 --max-length 256 --seed 0"
-                   "--n-harmful 881 --n-benign 400 --epochs 2 --lr 1e-4 --max-length 256 --seed 1") ;;
+                   "--n-harmful 881 --n-benign 400 --epochs 2 --lr 1e-4 --max-length 256 --seed 1"
+                   "--n-harmful 881 --n-benign 300 --epochs 1 --lr 1e-4 --max-length 256 --seed 2") ;;
   gemma3)  base="$models/gemma3-270m"; template=alpaca
            stages=("--benign-targets data --n-harmful 881 --n-benign 400 --epochs 2 --lr 1e-4 --max-length 192") ;;
   *) echo "usage: $0 smollm2|gemma3" >&2; exit 2 ;;
