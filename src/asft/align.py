@@ -168,7 +168,7 @@ def _identity(cfg: AlignConfig) -> str:
     return content_hash({k: v for k, v in asdict(cfg).items() if k not in _NOT_IDENTITY})
 
 
-def _save_checkpoint(path: Path, model, opt, step: int, losses: list[float], ident: str) -> None:
+def _save_checkpoint(path: Path, model, opt, step: int, losses: list[float]) -> None:
     """Model weights, AdamW state (tensors in safetensors, no pickle), the RNG state, losses: written
     to a temporary folder and renamed, so a kill mid-write leaves the previous checkpoint whole."""
     import torch
@@ -186,8 +186,7 @@ def _save_checkpoint(path: Path, model, opt, step: int, losses: list[float], ide
             tensors[f"{i}.{k}"] = v.detach().contiguous() if torch.is_tensor(v) else torch.tensor(v)
     tensors["rng.torch"] = torch.get_rng_state()
     save_file(tensors, str(tmp / "optimizer.safetensors"))
-    write_json(tmp / "state.json", {"identity": ident, "step": step, "losses": losses,
-                                    "param_groups": state["param_groups"]})
+    write_json(tmp / "state.json", {"step": step, "losses": losses, "param_groups": state["param_groups"]})
     old = path.parent / f"{path.name}.old-{os.getpid()}"
     if path.exists():
         os.rename(path, old)
@@ -240,7 +239,8 @@ def align(cfg: AlignConfig) -> dict:
     model = load_model(cfg.model, dtype="float32", device="cpu" if not torch.cuda.is_available() else None)
     t0 = time.perf_counter()
     ident = _identity(cfg)
-    work = out.parent / f".{out.name}.align"  # examples + checkpoint of an unfinished run
+    # examples + checkpoint of an unfinished run; the examples' identity vouches for the whole folder
+    work = out.parent / f".{out.name}.align"
     examples = work / "examples.json"
     if work.is_dir() and not (examples.is_file() and read_json(examples).get("identity") == ident):
         shutil.rmtree(work)  # made with other options
@@ -293,7 +293,7 @@ def align(cfg: AlignConfig) -> dict:
                 step += 1
                 bar.advance(1)
                 if cfg.save_steps and step % cfg.save_steps == 0 and step < total:
-                    _save_checkpoint(checkpoint, model, opt, step, losses, ident)
+                    _save_checkpoint(checkpoint, model, opt, step, losses)
                 if step >= total:
                     break
     finally:

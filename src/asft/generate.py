@@ -83,8 +83,8 @@ def _roomy_layer_class():
     """A ``DynamicLayer`` whose keys and values are views into buffers with room to grow along the
     sequence: appending a token writes in place. The plain layer concatenates, copying the whole
     cache every step (at 64 rows x 400 tokens, SmolLM2: 378.5 ms per decode step, 315.6 with room;
-    the same tokens; benchmarks/decode_profile.py). Keys or values replaced from outside (rows leaving, caches merged) are
-    adopted into a new buffer at the next append."""
+    the same tokens; benchmarks/decode_profile.py). Keys or values replaced from outside (rows
+    leaving, caches merged) are adopted into a new buffer at the next append."""
     from transformers.cache_utils import DynamicLayer
 
     class RoomyLayer(DynamicLayer):
