@@ -394,3 +394,58 @@ def test_label_likelihood_matches_a_plain_forward_and_scores_the_argmax(tmp_path
     default = run_eval(model_dir, ["sst2"], data, tmp_path / "out2", template="alpaca", progress=False,
                        max_new_tokens=4)
     assert "fa_mode" not in default["sst2"].extra
+
+
+def test_shared_store_serves_the_same_model_from_anywhere(tmp_path, monkeypatch, capsys):
+    """A model evaluated once (asft eval) is not generated again for the same settings: not from a
+    copy of its folder, not as an experiment's ``aligned`` row; results from before the store are
+    published on their next reuse; --no-shared-cache and other weights generate afresh."""
+    import shutil
+
+    from asft import generate as gen_module
+    from asft import modeling
+    from asft.cli import main
+    from asft.experiment import RunSpec, Setting, evaluate_run
+
+    data = write_data(tmp_path / "data")
+    model_dir = save_tiny_llama(tmp_path / "model")
+    store = tmp_path / "store"
+
+    def argv(model, out, *extra):
+        return ["eval", "--model", str(model), "--suite", "harmful,sst2", "--data-dir", str(data), "--judge",
+                "keyword", "--max-new-tokens", "4", "--batch-size", "2", "--no-progress", "--out", str(out), *extra]
+
+    monkeypatch.setenv("ASFT_EVAL_CACHE", "off")
+    assert main(argv(model_dir, tmp_path / "before")) == 0  # no store yet
+    first = json.loads((tmp_path / "before/summary.json").read_text())["suites"]
+    monkeypatch.setenv("ASFT_EVAL_CACHE", str(store))
+    calls = []
+    real_generate = gen_module.generate
+    monkeypatch.setattr(gen_module, "generate", lambda *a, **k: calls.append(1) or real_generate(*a, **k))
+    assert main(argv(model_dir, tmp_path / "before")) == 0  # out-dir hit, now published
+    assert calls == [] and len(list(store.glob("*/harmful.result.json"))) == 1
+
+    copy = tmp_path / "elsewhere" / "same-model"
+    shutil.copytree(model_dir, copy)
+    assert main(argv(copy, tmp_path / "copy")) == 0
+    assert calls == []  # served from the store
+    assert json.loads((tmp_path / "copy/summary.json").read_text())["suites"] == first
+    assert (tmp_path / "copy/harmful.jsonl").read_text() == (tmp_path / "before/harmful.jsonl").read_text()
+
+    # the experiment's aligned row: same key, served from the store, same numbers
+    setting = Setting(model=copy, data=data / "harmful/saved_dataset_250.json", eval_dir=data, harmful_suite="harmful",
+                      task_suite="sst2", judge="keyword", template="alpaca", eval_batch_size=2, max_new_tokens=4,
+                      eval_store=store)
+    assert evaluate_run(RunSpec("aligned"), setting, tmp_path / "run", None) == {
+        "hs": first["harmful"]["hs"], "fa": first["sst2"]["fa"]}
+    assert calls == []
+
+    assert main(argv(copy, tmp_path / "opted-out", "--no-shared-cache")) == 0
+    assert len(calls) == 2  # one generate call per suite
+    with torch.no_grad():  # other weights: another key
+        model = modeling.load_model(copy, device="cpu")
+        model.lm_head.weight.mul_(-1.0)
+        model.save_pretrained(copy)
+    assert main(argv(copy, tmp_path / "changed")) == 0
+    assert len(calls) == 4 and len(list(store.glob("*/harmful.result.json"))) == 2
+    capsys.readouterr()

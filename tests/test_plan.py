@@ -50,6 +50,15 @@ def test_plan_expands_the_grid_and_shards_keep_safelora_with_its_sft(toy_world, 
             for j in s:
                 if j.spec.method == "safelora":
                     assert str(j.parent / f"sft-s{j.spec.seed}") in mine
+    # the shared evaluation store: $ASFT_EVAL_CACHE (off under the tests), eval.shared_cache: false
+    assert all(j.setting.eval_store is None for j in plan.jobs)
+    os.environ["ASFT_EVAL_CACHE"] = str(tmp_path / "store")
+    try:
+        assert load_plan(path, tmp_path / "out").jobs[0].setting.eval_store == tmp_path / "store"
+        off = _config(tmp_path, toy_world, eval={"limit": 24, "shared_cache": False})
+        assert load_plan(off, tmp_path / "out").jobs[0].setting.eval_store is None
+    finally:
+        os.environ["ASFT_EVAL_CACHE"] = "off"
     assert parse_shard("2/3") == (2, 3)
     for bad in ("0/2", "3/2", "x"):
         with pytest.raises(AsftError, match="--shard"):

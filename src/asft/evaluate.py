@@ -28,12 +28,18 @@ with the same out dir resumes from it, and a suite whose ``result.json`` key mat
 without generating or judging. The generation key hashes the model identity (folder fingerprint or
 in-memory weight checksum), adapter, suite data file, template, max new tokens, limit and engine;
 the result key adds the judge's settings, so changing only the judge re-judges stored responses.
+
+A finished suite is also kept in a shared store (``store``: ``eval_store()``, by default
+``~/.cache/asft/evals``), one folder per result key: another out dir evaluating the same model (same
+content, whatever its path) with the same settings copies the result instead of generating again,
+e.g. ``asft experiment``'s ``aligned`` row after ``asft eval`` of that model.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -299,6 +305,31 @@ def _load_cached(out_dir: Path, name: str, key: str) -> SuiteResult | None:
     return res
 
 
+def eval_store() -> Path | None:
+    """The shared store of finished suite results: ``$ASFT_EVAL_CACHE`` (``off`` or empty: none),
+    else ``~/.cache/asft/evals``."""
+    env = os.environ.get("ASFT_EVAL_CACHE")
+    if env is not None:
+        return None if env.strip() in ("", "off") else Path(env)
+    return Path.home() / ".cache" / "asft" / "evals"
+
+
+def _save(out_dir: Path, res: SuiteResult, key: str) -> None:
+    write_jsonl(out_dir / f"{res.suite}.jsonl", res.rows)
+    write_json(out_dir / f"{res.suite}.result.json", {"key": key, "summary": res.summary()})
+
+
+def folder_model_key(model_dir: str | Path, adapter: str | Path | None = None, merge: bool = False,
+                     dtype: Any = "auto", device: str | None = None) -> dict:
+    """The cache identity of a model folder (+ adapter) as evaluated: contents, not paths, so the same
+    model evaluated from two places (``asft eval``, ``asft experiment``) shares the stored results."""
+    from asft import modeling
+    from asft.checkpoints import folder_identity
+
+    return {"model": folder_identity(model_dir), "adapter": folder_identity(adapter) if adapter else None,
+            "merge": bool(merge and adapter), "dtype": str(modeling.resolve_dtype(dtype, device))}
+
+
 # ----------------------------------------------------------------------------------------------
 # running
 
@@ -309,7 +340,8 @@ def evaluate(make_generate: Callable[[], GenerateFn], tokenizer: Any, suites: Se
              rater: OpenAIClient | None = None, model_key: Any = None, engine: str = "hf",
              log: Callable[[str], None] | None = None, early_stop: bool = True,
              trigger: str | None = None, fa_mode: str = "generate",
-             make_scorer: Callable[[], Callable] | None = None) -> dict[str, SuiteResult]:
+             make_scorer: Callable[[], Callable] | None = None,
+             store: str | Path | None = None) -> dict[str, SuiteResult]:
     """Run ``suites`` with a generation function built on first need by ``make_generate()``.
 
     ``fa_mode="likelihood"``: AG News and SST-2 answers are the label with the highest likelihood
@@ -324,8 +356,9 @@ def evaluate(make_generate: Callable[[], GenerateFn], tokenizer: Any, suites: Se
     answer). Harmful suites always generate in full: no judge's verdict is final early for HS+.
 
     ``make_generate`` is lazy so that a rerun whose suites are all cached never loads the model.
-    ``model_key`` identifies the model for the cache (required with ``out_dir``). ``judge``: a Judge
-    or the name of one that needs no settings ("keyword", "toy").
+    ``model_key`` identifies the model for the cache (required with ``out_dir`` or ``store``).
+    ``store``: the shared store of finished suites (``eval_store()``; None: out dir only). ``judge``:
+    a Judge or the name of one that needs no settings ("keyword", "toy").
     """
     if isinstance(judge, str):
         judge = make_judge(judge)
@@ -340,8 +373,9 @@ def evaluate(make_generate: Callable[[], GenerateFn], tokenizer: Any, suites: Se
         raise AsftError("no data dir given (pass --data-dir, e.g. .../asft-reference/eval)")
     data_dir = Path(data_dir)
     out = Path(out_dir) if out_dir is not None else None
-    if out is not None and model_key is None:
-        raise AsftError("evaluate: a model_key is needed to cache results in out_dir")
+    store = Path(store) if store is not None else None
+    if (out is not None or store is not None) and model_key is None:
+        raise AsftError("evaluate: a model_key is needed to cache results in out_dir or a store")
     log = log or (lambda msg: None)
     specs = [suite_spec(s) for s in suites]  # validate every name before any work
     from asft.runtime import result_key
@@ -364,12 +398,21 @@ def evaluate(make_generate: Callable[[], GenerateFn], tokenizer: Any, suites: Se
         result_key = content_hash({"gen": gen_key, "judge": judge.describe() if judge and spec.kind == "harmful" else None,
                             "rater": rater.describe() if rater and spec.kind == "alpaca" else None,
                             "metrics": 1})
-        if out is not None:
-            cached = _load_cached(out, spec.name, result_key)
+        shelf = store / result_key if store is not None else None
+        cached = _load_cached(out, spec.name, result_key) if out is not None else None
+        if cached is not None:
+            log(f"{spec.name}: reusing finished results in {out}")
+        elif shelf is not None:
+            cached = _load_cached(shelf, spec.name, result_key)
             if cached is not None:
-                log(f"{spec.name}: reusing finished results in {out}")
-                results[spec.name] = cached
-                continue
+                log(f"{spec.name}: reusing the same model's finished results in {shelf}")
+                if out is not None:
+                    _save(out, cached, result_key)
+        if cached is not None:
+            if shelf is not None and _load_cached(shelf, spec.name, result_key) is None:
+                _save(shelf, cached, result_key)  # results from before the store serve others too
+            results[spec.name] = cached
+            continue
         prompts = [format_prompt(it, template, tokenizer, trigger=trigger) for it in items]
         responses: dict[int, str] = {}
         gen_path = out / f"{spec.name}.generations.jsonl" if out is not None else None
@@ -411,9 +454,9 @@ def evaluate(make_generate: Callable[[], GenerateFn], tokenizer: Any, suites: Se
                          trigger=trigger is not None)
         if by_likelihood:
             res.extra["fa_mode"] = "likelihood"
-        if out is not None:
-            write_jsonl(out / f"{spec.name}.jsonl", res.rows)
-            write_json(out / f"{spec.name}.result.json", {"key": result_key, "summary": res.summary()})
+        for where in (out, shelf):
+            if where is not None:
+                _save(where, res, result_key)
         results[spec.name] = res
     if out is not None:
         write_summary(out, results, model=content_hash(model_key))
@@ -424,19 +467,20 @@ def evaluate_model(model: Any, tokenizer: Any, suites: Sequence[str], data_dir: 
                    judge: Judge | str | None = None, out_dir: str | Path | None = None, template: str = "alpaca",
                    batch_size: int = 16, max_new_tokens: int | None = None, limit: int | None = None,
                    rater: OpenAIClient | None = None, model_key: Any = None, progress: bool = True,
-                   log: Callable[[str], None] | None = None, trigger: str | None = None) -> dict[str, SuiteResult]:
+                   log: Callable[[str], None] | None = None, trigger: str | None = None,
+                   store: str | Path | None = None) -> dict[str, SuiteResult]:
     """Evaluate an already loaded model (e.g. an in-memory PEFT model) on ``suites``.
 
-    Returns {suite: SuiteResult}. With ``out_dir``, results are written and cached there; the cache
-    identifies the model by ``model_key`` or, when None, by a checksum of its weights.
+    Returns {suite: SuiteResult}. With ``out_dir`` (and ``store``), results are written and cached
+    there; the cache identifies the model by ``model_key`` or, when None, by a checksum of its weights.
     """
-    if out_dir is not None and model_key is None:
+    if (out_dir is not None or store is not None) and model_key is None:
         model_key = {"weights": model_fingerprint(model), "tokenizer": getattr(tokenizer, "name_or_path", None),
                      "vocab": len(tokenizer)}
 
     return evaluate(lambda: partial(_hf_generate, model, tokenizer, batch_size, progress), tokenizer, suites,
                     data_dir, judge, out_dir, template, max_new_tokens, limit, rater, model_key, log=log,
-                    trigger=trigger)
+                    trigger=trigger, store=store)
 
 
 def run_eval(model_dir: str | Path, suites: Sequence[str], data_dir: str | Path, out_dir: str | Path,
@@ -445,7 +489,8 @@ def run_eval(model_dir: str | Path, suites: Sequence[str], data_dir: str | Path,
              limit: int | None = None, rater: OpenAIClient | None = None, engine: str = "hf",
              device: str | None = None, progress: bool = True, dtype: str = "auto",
              log: Callable[[str], None] | None = None, early_stop: bool = True,
-             trigger: str | None = None, fa_mode: str = "generate") -> dict[str, SuiteResult]:
+             trigger: str | None = None, fa_mode: str = "generate",
+             store: str | Path | None = None) -> dict[str, SuiteResult]:
     """Evaluate a model folder (+ optional PEFT adapter folder, merged when ``merge``).
 
     An adapter trained with a trigger (BEA) is evaluated with it, as its method prescribes
@@ -457,7 +502,6 @@ def run_eval(model_dir: str | Path, suites: Sequence[str], data_dir: str | Path,
     happens only if some suite is not cached in ``out_dir`` yet.
     """
     from asft import modeling
-    from asft.checkpoints import folder_identity
     from asft.generate import VLLMGenerator
 
     if engine not in ("hf", "vllm"):
@@ -466,8 +510,7 @@ def run_eval(model_dir: str | Path, suites: Sequence[str], data_dir: str | Path,
     modeling.check_model_folder(model_dir)  # one line for a missing folder, a GGUF file, no weights
     if adapter and not (Path(adapter) / "adapter_config.json").is_file():
         raise AsftError(f"{adapter}: not a LoRA adapter folder (no adapter_config.json)")
-    model_key = {"model": folder_identity(model_dir), "adapter": folder_identity(adapter) if adapter else None,
-                 "merge": merge, "dtype": str(modeling.resolve_dtype(dtype, device))}
+    model_key = folder_model_key(model_dir, adapter, merge, dtype, device)
     tokenizer = modeling.load_tokenizer(model_dir)
 
     loaded: dict[str, Any] = {}
@@ -497,7 +540,7 @@ def run_eval(model_dir: str | Path, suites: Sequence[str], data_dir: str | Path,
         trigger = adapter_trigger(adapter)
     results = evaluate(make_generate, tokenizer, suites, data_dir, judge, out_dir, template, max_new_tokens,
                        limit, rater, model_key, engine, log, early_stop=early_stop, trigger=trigger,
-                       fa_mode=fa_mode, make_scorer=make_scorer)
+                       fa_mode=fa_mode, make_scorer=make_scorer, store=store)
     if adapter:  # the adapter's model card lists every evaluation of it
         from asft.card import record_eval
 

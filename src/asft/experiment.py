@@ -70,6 +70,7 @@ class Setting:
     task_name: str | None = None     # the task's name in tables (default: the task suite's)
     n: int | None = None             # sample size and harmful ratio of ``data``: labels for the
     p: float | None = None           # report (the data's content is in the key)
+    eval_store: Path | None = None   # shared store of finished evaluations (asft.evaluate.eval_store)
 
     @property
     def task(self) -> str:
@@ -134,20 +135,19 @@ def train_run(spec: RunSpec, setting: Setting, run_dir: Path, key: str | None = 
 def evaluate_run(spec: RunSpec, setting: Setting, run_dir: Path, adapter: Path | None,
                  progress: bool = False) -> dict:
     """HS and FA of a run (cached in ``run_dir/eval`` by the evaluation module)."""
-    from asft.evaluate import adapter_trigger, evaluate_model
+    from asft.evaluate import adapter_trigger, evaluate_model, folder_model_key
     from asft.modeling import load_adapter, load_model, load_tokenizer
 
     tokenizer = load_tokenizer(setting.model)
     model = load_model(setting.model)
     if adapter is not None:
         model = load_adapter(model, adapter, merge=True)
-    key = {"model": str(setting.model),
-           "adapter": content_hash(adapter / "adapter_model.safetensors") if adapter else None}
+    key = folder_model_key(setting.model, adapter, merge=True)  # as `asft eval --adapter A --merge`
     res = evaluate_model(model, tokenizer, [setting.harmful_suite, setting.task_suite], setting.eval_dir,
                          judge=setting.judge, out_dir=run_dir / "eval", template=setting.template,
                          batch_size=setting.eval_batch_size, max_new_tokens=setting.max_new_tokens,
                          limit=setting.eval_limit, model_key=key, progress=progress,
-                         trigger=adapter_trigger(adapter) if adapter else None)
+                         trigger=adapter_trigger(adapter) if adapter else None, store=setting.eval_store)
     if adapter is not None:
         from asft.card import record_eval
 

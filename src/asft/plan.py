@@ -186,8 +186,10 @@ def load_plan(path: str | Path, out: str | Path, log: Callable[[str], None] = pr
             raise AsftError(f"{path}: methods safeinstr, bea and lisa need safety_data: FILE "
                             "(`asft data safety` makes one)")
         train["safety_data"] = str(rel(safety))
+    from asft.evaluate import eval_store
+
     ev = dict(raw.get("eval") or {})
-    bad = sorted(set(ev) - {"batch_size", "limit", "max_new_tokens"})
+    bad = sorted(set(ev) - {"batch_size", "limit", "max_new_tokens", "shared_cache"})
     if bad:
         raise AsftError(f"{path}: unknown eval option {bad[0]!r}")
     sl = dict(raw.get("safelora") or {})
@@ -205,7 +207,8 @@ def load_plan(path: str | Path, out: str | Path, log: Callable[[str], None] = pr
                   eval_batch_size=int(ev.get("batch_size", 64)), max_new_tokens=ev.get("max_new_tokens"),
                   eval_limit=ev.get("limit"), safelora_select=str(sl.get("select", "number")),
                   safelora_num=sl.get("num"), safelora_threshold=float(sl.get("threshold", 0.5)),
-                  proj_rank=raw.get("proj_rank"), plugins=tuple(raw.get("plugins") or ()))
+                  proj_rank=raw.get("proj_rank"), plugins=tuple(raw.get("plugins") or ()),
+                  eval_store=eval_store() if ev.get("shared_cache", True) else None)
     if "template" not in train:
         train["template"] = common["template"]
     jobs: list[Job] = []

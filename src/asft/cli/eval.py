@@ -60,6 +60,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--no-early-stop", action="store_true",
                    help="generate AG News / SST-2 answers in full even once their score is decided "
                         "(the early stop never changes FA or FA ref)")
+    p.add_argument("--no-shared-cache", action="store_true",
+                   help="neither reuse nor keep finished results in the shared store "
+                        "($ASFT_EVAL_CACHE, default ~/.cache/asft/evals); --out is still a cache")
     p.add_argument("--out", required=True, help="output folder")
     p.set_defaults(func=run)
 
@@ -69,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
 
     import asft.toy  # noqa: F401  registers the toy-* suites and the toy judge
     from asft.errors import AsftError
-    from asft.evaluate import run_eval, summary_table
+    from asft.evaluate import eval_store, run_eval, summary_table
     from asft.judges import OpenAIClient, make_judge
 
     console = Console(stderr=True)
@@ -94,6 +97,7 @@ def run(args: argparse.Namespace) -> int:
                        max_new_tokens=args.max_new_tokens, limit=args.limit, rater=client,
                        engine=args.engine, device=args.device, dtype=args.dtype, progress=not args.no_progress,
                        early_stop=not args.no_early_stop, trigger=args.trigger, fa_mode=args.fa_mode,
+                       store=None if args.no_shared_cache else eval_store(),
                        log=lambda msg: console.print(f"[dim]{msg}[/dim]"))
     print(summary_table(results), end="")
     console.print(f"wrote {args.out}/summary.json and summary.md")
