@@ -368,3 +368,68 @@ def test_group_by_length_cuts_the_padding_and_sees_every_example(world, tmp_path
     assert len(seen["grouped"]) == len(seen["random"]) == 32
     assert computed["grouped"] < 0.8 * computed["random"]  # measured: 10500 vs 13824 tokens
     assert computed["grouped"] < 1.1 * real["grouped"]  # 9874 real tokens
+
+
+def _gemma3_tiny():
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    cfg = Gemma3TextConfig(vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                           num_attention_heads=2, num_key_value_heads=1, head_dim=16, max_position_embeddings=64,
+                           sliding_window=8, final_logit_softcapping=5.0)  # soft-capping: applied to kept rows too
+    return Gemma3ForCausalLM(cfg)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3"])
+def test_label_positions_only_gives_the_same_loss_and_gradients(arch):
+    """The output layer at label positions only (keep_label_positions): the loss and every LoRA
+    gradient equal the full forward's, with the mean and with Trainer's num_items_in_batch sum."""
+    from peft import LoraConfig, get_peft_model
+
+    from _models import tiny_llama_config
+    from asft.train import keep_label_positions
+
+    torch.manual_seed(0)
+    if arch == "llama":
+        from transformers import LlamaForCausalLM
+
+        model = LlamaForCausalLM(tiny_llama_config(vocab=300))
+    else:
+        model = _gemma3_tiny()
+    model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
+                                             init_lora_weights=False))
+    ids = torch.randint(0, 300, (3, 20))
+    labels = torch.full_like(ids, -100)
+    labels[0, 12:17], labels[1, 5:20], labels[2, 18:20] = ids[0, 12:17], ids[1, 5:20], ids[2, 18:20]
+    mask = torch.ones_like(ids)
+    mask[0, 17:] = 0  # right padding
+    inputs = {"input_ids": ids, "attention_mask": mask, "labels": labels}
+    sliced = keep_label_positions(model, inputs)
+    assert int(sliced["logits_to_keep"].sum()) == len(sliced["shift_labels"]) == 5 + 15 + 2  # every label token once
+    for extra in ({}, {"num_items_in_batch": torch.tensor(22)}):
+        losses, grads = [], []
+        for batch in (inputs, sliced):
+            model.zero_grad()
+            loss = model(**batch, **extra).loss
+            loss.backward()
+            losses.append(loss.detach())
+            grads.append([p.grad.clone() for p in model.parameters() if p.requires_grad])
+        torch.testing.assert_close(losses[0], losses[1], rtol=1e-5, atol=1e-6)
+        for full, cut in zip(*grads):
+            torch.testing.assert_close(full, cut, rtol=1e-4, atol=1e-6)
+    assert keep_label_positions(model, {"input_ids": ids}) == {"input_ids": ids}  # no labels: unchanged
+
+
+def test_training_at_label_positions_only_matches_the_full_output_layer(world, tmp_path, monkeypatch):
+    """End to end: the adapter trained with the sliced output layer equals the full one's."""
+    from asft import train as train_module
+
+    on = train(_cfg(world, tmp_path / "on", method="asft", lam=1.0, seed=3))
+    calls = []
+    monkeypatch.setattr(train_module, "keep_label_positions", lambda m, x: calls.append(1) or x)
+    off = train(_cfg(world, tmp_path / "off", method="asft", lam=1.0, seed=3))
+    assert calls  # the full forward ran
+    a, b = _lora_state(on.out), _lora_state(off.out)
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-6)
+    assert on.task_loss == pytest.approx(off.task_loss, rel=1e-5)
