@@ -104,3 +104,17 @@ def test_grid_refuses_unknown_method_and_missing_anchor(toy_setting, tmp_path):
 
     with pytest.raises(AsftError, match="need an anchor"):
         run_grid([RunSpec("safelora")], dataclasses.replace(setting, anchor=None), tmp_path)
+
+
+def test_runs_start_in_plan_order_safelora_beside_its_sft(toy_setting, monkeypatch, tmp_path):
+    """One worker: the runs go in the given order (Safe LoRA right after its seed's SFT, not after
+    every other run), so a partial experiment holds its first comparisons whole."""
+    import asft.experiment as ex
+
+    setting, _ = toy_setting
+    order = []
+    monkeypatch.setattr(ex, "run_one", lambda spec, *a, **k: order.append(spec.name) or {"method": spec.method})
+    specs = [RunSpec("sft", seed=0), RunSpec("safelora", seed=0), RunSpec("l2", 10.0, None, 0),
+             RunSpec("sft", seed=1), RunSpec("safelora", seed=1)]
+    ex.run_jobs([(s, setting, tmp_path) for s in specs])
+    assert order == ["sft-s0", "safelora-s0", "l2-lam10-s0", "sft-s1", "safelora-s1"]

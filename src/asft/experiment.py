@@ -203,17 +203,19 @@ def run_jobs(jobs: Sequence[tuple[RunSpec, Setting, Path]],
              on_row: Callable[[RunSpec, dict], None] | None = None, workers: int = 1) -> list[dict]:
     """Run each ``(spec, setting, parent folder)`` (rows in the order of ``jobs``), resumable.
 
+    Runs start in the order of ``jobs`` (a partial experiment holds the first comparisons whole).
     ``workers > 1`` runs that many at once in separate processes, each on one CPU thread: the
     runs are small and independent, so this uses the cores without the thread contention of
-    one big process. Safe LoRA runs start after every other run (they reuse the SFT adapters).
-    Results are the same with any ``workers``: every run seeds itself.
+    one big process; a Safe LoRA run (which projects its seed's SFT adapter) starts once that SFT
+    run is done. Results are the same with any ``workers``: every run seeds itself.
     """
     bad = next((s.method for s, _, _ in jobs if s.method not in METHODS), None)
     if bad is not None:
         raise AsftError(f"unknown method {bad!r} (choose from {', '.join(METHODS)})")
     rows: dict[int, dict] = {}
-    phases = [[i for i, (s, _, _) in enumerate(jobs) if s.method != "safelora"],
-              [i for i, (s, _, _) in enumerate(jobs) if s.method == "safelora"]]
+    where = {(Path(parent), s.name): i for i, (s, _, parent) in enumerate(jobs)}
+    needs = {i: where.get((Path(parent), RunSpec("sft", seed=s.seed).name))
+             for i, (s, _, parent) in enumerate(jobs) if s.method == "safelora"}
 
     def args(i: int) -> tuple:
         spec, setting, parent = jobs[i]
@@ -224,20 +226,28 @@ def run_jobs(jobs: Sequence[tuple[RunSpec, Setting, Path]],
         if on_row is not None:
             on_row(jobs[i][0], row)
 
-    if workers <= 1:
-        for phase in phases:
-            for i in phase:
-                done(i, run_one(*args(i)))
+    if workers <= 1:  # a Safe LoRA run trains its SFT adapter itself if that comes later
+        for i in range(len(jobs)):
+            done(i, run_one(*args(i)))
     else:
         import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor, as_completed
+        from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
         ctx = multiprocessing.get_context("spawn")  # no fork of a process holding OpenMP threads
         with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init) as pool:
-            for phase in phases:
-                futures = {pool.submit(run_one, *args(i)): i for i in phase}
-                for fut in as_completed(futures):
-                    done(futures[fut], fut.result())
+            futures, waiting = {}, []
+            for i in range(len(jobs)):  # two processes must not train the same SFT adapter
+                if needs.get(i) is not None:
+                    waiting.append(i)
+                else:
+                    futures[pool.submit(run_one, *args(i))] = i
+            while futures:
+                finished, _ = wait(futures, return_when=FIRST_COMPLETED)
+                for fut in finished:
+                    done(futures.pop(fut), fut.result())
+                for i in [i for i in waiting if needs[i] in rows]:
+                    waiting.remove(i)
+                    futures[pool.submit(run_one, *args(i))] = i
     return [rows[i] for i in range(len(jobs))]
 
 
