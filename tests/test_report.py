@@ -29,6 +29,9 @@ def test_verdict_against_the_l2_control():
     assert by["asft (projector) λ=100"].endswith("no difference beyond the seed spread")
     assert "HS 35.2 ± 6.8 FA 97.2 ± 1.1 vs l2 HS 33.8 ± 10.4 FA 98.8 ± 1.0" in by["asft (reference C) λ=30"]
     assert label(rows[3]) == "asft (reference C) λ=30" and label(rows[0]) == "l2 λ=30"
+    # one seed: its std of 0 is no spread, so no win is claimed
+    one = [{**r, "seeds": [0]} for r in rows]
+    assert all(line.endswith("one seed: no seed spread to judge a difference by") for line in verdict(one))
 
 
 PAPER = """# numbers

@@ -57,14 +57,17 @@ def _beats(a: dict, b: dict) -> bool:
 
 def verdict(rows: Sequence[dict]) -> list[str]:
     """Plain sentences: at each lambda, does AsFT (each form) beat the l2 control, is it beaten, or
-    are they within the seed spread? The l2 control is what tells whether the anchor matters."""
+    are they within the seed spread? The l2 control is what tells whether the anchor matters.
+    Rows of a single seed (``seeds``) get no verdict: they have no spread to judge by."""
     l2 = {r["lambda"]: r for r in rows if r["method"] == "l2"}
     lines = []
     for r in sorted((r for r in rows if r["method"] == "asft"), key=lambda r: (r.get("form") or "", r["lambda"])):
         c = l2.get(r["lambda"])
         if c is None:
             continue
-        if _beats(r, c):
+        if min(len(r.get("seeds", (0, 1))), len(c.get("seeds", (0, 1)))) < 2:
+            word = "one seed: no seed spread to judge a difference by"  # a std of 0 is not a spread
+        elif _beats(r, c):
             word = "AsFT WINS: safer at equal accuracy, beyond the seed spread"
         elif _beats(c, r):
             word = "l2 wins: the control is safer at equal accuracy, beyond the seed spread"
