@@ -78,6 +78,8 @@ def test_grid_runs_resumes_and_redoes_stale_runs(toy_setting, monkeypatch):
     exact = max(r["c_max_eig"] for r in inspect_anchor(load_anchor(setting.anchor)))
     assert rows[2]["c_max_eig"] == pytest.approx(exact, rel=1e-3)
     assert (root / "runs" / "safelora-s0" / "adapter" / "safelora.json").is_file()
+    summary = json.loads((root / "runs" / "sft-s0" / "adapter" / "train_summary.json").read_text())
+    assert rows[1]["train_seconds"] == round(summary["seconds"], 2) and "eval_resumed" not in rows[1]
 
     # A second pass reads every row back: no training, no evaluation.
     import asft.experiment as ex

@@ -65,7 +65,8 @@ def test_report_tables_csv_html_and_paper_numbers(tmp_path):
     assert paper["p_sweep"][("sft", 0.1)] == 17.6
     runs = [_run("sst2", "sft", s, 40.0 + 10 * s, 90.0) for s in (0, 1)]
     runs += [_run("sst2", "asft", s, 10.0, 88.0 + s, lam=1, form="reference") for s in (0, 1)]
-    runs += [_run("sst2", "l2", s, 12.0, 91.0, lam=1) for s in (0, 1)]
+    runs += [{**_run("sst2", "l2", s, 12.0, 91.0, lam=1), "train_seconds": 90.0, "eval_seconds": 30.0,
+              **({"eval_resumed": True} if s else {})} for s in (0, 1)]
     runs += [_run("agnews", "sft", 0, hs, 80.0, p=p) for p, hs in ((0.0, 3.0), (0.1, 20.0))]
     runs += [{"method": "aligned", "lambda": 0, "form": None, "task": "sst2", "hs": 5.0, "fa": 80.0, "seed": 0,
               "group": "aligned"}]
@@ -76,6 +77,9 @@ def test_report_tables_csv_html_and_paper_numbers(tmp_path):
     assert "**10.0** / 88.5 ± 0.7" in md and "12.0 / **91.0**" in md
     assert "| sst2 | sft | 45.0 / 90.0 | 48 / 94.5 |" in md
     assert "| agnews (p = 0.1) | sft | HS 20.0 | HS 17.6 |" in md
+    assert "| sst2 | 1000 | 0.1 | l2 λ=1 | 0 | 12.0 | 91.00 | 1.5 min | 0.5 min |" in md  # every run, timed
+    assert "| l2 λ=1 | 1 | 12.0 | 91.00 | 1.5 min | 0.5 min (resumed: the rest only) |" in md
+    assert "| sst2 | - | - | aligned (no fine-tuning) | - | 5.0 | 80.00 | - | - |" in md
     assert "## agnews: HS against p" in md and (tmp_path / "rep" / "plots" / "agnews_p.png").is_file()
     csv = (tmp_path / "rep" / "results.csv").read_text().splitlines()
     assert csv[0].startswith("task,n,p,method,form,lambda,group,hs,hs_std")

@@ -171,6 +171,7 @@ def run_one(spec: RunSpec, setting: Setting, out_dir: Path, progress: bool = Fal
         shutil.rmtree(run_dir)
     if row_path.is_file():
         return read_json(row_path)
+    resumed = (run_dir / "eval").is_dir()  # then eval_seconds is the rest of the evaluation only
     run_dir.mkdir(parents=True, exist_ok=True)
     write_text(key_path, key + "\n")
     t0 = time.perf_counter()
@@ -181,10 +182,12 @@ def run_one(spec: RunSpec, setting: Setting, out_dir: Path, progress: bool = Fal
            "form": spec.form if spec.method == "asft" else None, "task": setting.task,
            **({"n": setting.n, "p": setting.p} if spec.method != "aligned" and setting.n is not None else {}),
            **metrics, "seed": spec.seed, "group": spec.group,
-           "train_seconds": round(t1 - t0, 2), "eval_seconds": round(time.perf_counter() - t1, 2)}
+           "train_seconds": round(t1 - t0, 2), "eval_seconds": round(time.perf_counter() - t1, 2),
+           **({"eval_resumed": True} if resumed else {})}
     if adapter is not None and (adapter / "train_summary.json").is_file():
         summary = read_json(adapter / "train_summary.json")
         row["task_loss"], row["penalty"] = summary["task_loss"], summary["penalty"]
+        row["train_seconds"] = round(summary["seconds"], 2)  # the training's own time, also when resumed
         if summary.get("c_max_eig"):
             row["c_max_eig"] = max(summary["c_max_eig"].values())
     write_json(row_path, row)

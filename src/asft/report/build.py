@@ -52,7 +52,7 @@ def write_report(runs: list[dict], out: str | Path, paper: str | Path | None = N
     from asft.experiment import aggregate, results_document
     from asft.report.charts import sweep_chart, tradeoff_chart
     from asft.report.paper import load_paper_numbers, paper_beside
-    from asft.report.tables import main_table, sort_key, sweep_table, to_csv, verdict
+    from asft.report.tables import main_table, runs_table, sort_key, sweep_table, to_csv, verdict
 
     out = Path(out)
     table = sorted(aggregate(runs), key=lambda r: (r["task"], r.get("n") or 0, r.get("p") or 0, *sort_key(r)))
@@ -82,6 +82,7 @@ def write_report(runs: list[dict], out: str | Path, paper: str | Path | None = N
             if len({r["lambda"] for r in cell if r["method"] in ("asft", "l2")}) > 1:
                 plots.append(tradeoff_chart(cell, out / "plots" / f"{t}_n{n}_p{p:g}_tradeoff.png",
                                             title=f"{t}, n = {n}, p = {p:g}: HS vs FA over λ"))
+    md += ["\n## Every run (train and evaluation time as measured)\n\n", runs_table(runs)]
     if paper is not None:
         numbers = load_paper_numbers(paper)
         beside = paper_beside(table, numbers)

@@ -129,6 +129,23 @@ def main_table(rows: Sequence[dict], n=None, p=None) -> str:
     return "\n".join(lines) + "\n"
 
 
+def runs_table(runs: Sequence[dict]) -> str:
+    """One line per run (setting x seed) with what it cost: train and evaluation time, as the run
+    measured them (``row.json``). Where a user reads how long each phase takes on their machine."""
+    lines = ["| task | n | p | setting | seed | HS % | FA % | train | eval |", "|---|---|---|---|---|---|---|---|---|"]
+
+    def t(v) -> str:
+        return "-" if v is None else f"{v / 60:.1f} min"
+
+    for r in sorted(runs, key=lambda r: (r["task"], r.get("n") or 0, r.get("p") or 0, *sort_key(r), r.get("seed") or 0)):
+        fa = "-" if r.get("fa") is None else f"{r['fa']:.2f}"
+        lines.append(f"| {r['task']} | {_num(r.get('n'))} | {_num(r.get('p'))} | {label(r)} | "
+                     f"{'-' if r['method'] == 'aligned' else r.get('seed', '-')} | {r['hs']:.1f} | {fa} | "
+                     f"{'-' if r['method'] == 'aligned' else t(r.get('train_seconds'))} | {t(r.get('eval_seconds'))}"
+                     f"{' (resumed: the rest only)' if r.get('eval_resumed') else ''} |")
+    return "\n".join(lines) + "\n"
+
+
 def sweep_table(rows: Sequence[dict], task: str, by: str = "p", key: str = "hs") -> str:
     """``key`` (hs or fa) of each method against ``by`` (p or n) for one task."""
     cell = [r for r in rows if r["task"] == task and r["method"] != "aligned" and r.get(by) is not None]
