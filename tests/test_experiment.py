@@ -120,3 +120,47 @@ def test_runs_start_in_plan_order_safelora_beside_its_sft(toy_setting, monkeypat
              RunSpec("sft", seed=1), RunSpec("safelora", seed=1)]
     ex.run_jobs([(s, setting, tmp_path) for s in specs])
     assert order == ["sft-s0", "safelora-s0", "l2-lam10-s0", "sft-s1", "safelora-s1"]
+
+
+def test_parallel_runs_keep_plan_order_and_wait_for_their_sft(toy_setting, monkeypatch, tmp_path):
+    """Several workers: at most that many runs in flight, taken in plan order; a Safe LoRA run is
+    taken as soon as its SFT run is done (not after every other run), never before."""
+    import concurrent.futures as cf
+
+    import asft.experiment as ex
+
+    setting, _ = toy_setting
+    started, in_flight = [], []
+
+    class Pool:  # runs a job when the scheduler waits on it: submission order = start order
+        def __init__(self, workers, **kw):
+            self.workers = workers
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def submit(self, fn, spec, *a):
+            started.append(spec.name)
+            fut = cf.Future()
+            fut.job = lambda: fut.set_result(fn(spec, *a))
+            in_flight.append(fut)
+            assert len(in_flight) <= self.workers
+            return fut
+
+    def wait(futures, return_when):
+        fut = in_flight.pop(0)  # the oldest run finishes first
+        fut.job()
+        return {fut}, set(futures) - {fut}
+
+    monkeypatch.setattr(cf, "ProcessPoolExecutor", Pool)
+    monkeypatch.setattr(cf, "wait", wait)
+    monkeypatch.setattr(ex, "run_one", lambda spec, *a, **k: {"method": spec.method})
+    specs = [RunSpec("sft", seed=0), RunSpec("safelora", seed=0), RunSpec("l2", 10.0, None, 0),
+             RunSpec("asft", 10.0, "reference", 0), RunSpec("sft", seed=1), RunSpec("safelora", seed=1)]
+    rows = ex.run_jobs([(s, setting, tmp_path) for s in specs], workers=2)
+    assert [r["method"] for r in rows] == [s.method for s in specs]
+    # sft-s0 and l2 start together (safelora-s0 waits for sft-s0), then safelora-s0 before asft
+    assert started == ["sft-s0", "l2-lam10-s0", "safelora-s0", "asft-reference-lam10-s0", "sft-s1", "safelora-s1"]

@@ -237,20 +237,20 @@ def run_jobs(jobs: Sequence[tuple[RunSpec, Setting, Path]],
         from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
         ctx = multiprocessing.get_context("spawn")  # no fork of a process holding OpenMP threads
+        pending, futures = list(range(len(jobs))), {}
         with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init) as pool:
-            futures, waiting = {}, []
-            for i in range(len(jobs)):  # two processes must not train the same SFT adapter
-                if needs.get(i) is not None:
-                    waiting.append(i)
-                else:
+            while pending or futures:
+                # at most `workers` runs in flight, the next in plan order whose SFT run (for Safe
+                # LoRA: two processes must not train the same adapter) is done
+                while len(futures) < workers:
+                    i = next((i for i in pending if needs.get(i) is None or needs[i] in rows), None)
+                    if i is None:
+                        break
+                    pending.remove(i)
                     futures[pool.submit(run_one, *args(i))] = i
-            while futures:
                 finished, _ = wait(futures, return_when=FIRST_COMPLETED)
                 for fut in finished:
                     done(futures.pop(fut), fut.result())
-                for i in [i for i in waiting if needs[i] in rows]:
-                    waiting.remove(i)
-                    futures[pool.submit(run_one, *args(i))] = i
     return [rows[i] for i in range(len(jobs))]
 
 
