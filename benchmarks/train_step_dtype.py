@@ -18,13 +18,13 @@ import argparse
 import json
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
+from _step import timed_step  # noqa: E402  (benchmarks/_step.py)
 from asft.regularizer import AsftPenalty  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -62,14 +62,10 @@ def main() -> None:
     losses = {k: [] for k in variants}
     for i, ids in enumerate(batches):
         for name, (model, penalty, opt) in variants.items():
-            t0 = time.perf_counter()
-            loss = model(input_ids=ids, labels=ids).loss.float() + penalty()
-            loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
+            seconds, loss = timed_step(lambda: model(input_ids=ids, labels=ids).loss.float() + penalty(), opt)
             if i:  # the first round warms up
-                times[name].append(time.perf_counter() - t0)
-            losses[name].append(loss.item())
+                times[name].append(seconds)
+            losses[name].append(loss)
 
     def update(model):
         return torch.cat([p.detach().float().flatten() for n, p in model.named_parameters() if "lora_B" in n])

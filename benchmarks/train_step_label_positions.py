@@ -17,13 +17,13 @@ import argparse
 import json
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
+from _step import timed_step  # noqa: E402  (benchmarks/_step.py)
 from asft.data import PadCollator, SupervisedDataset, length_grouped_batches, load_records  # noqa: E402
 from asft.modeling import load_tokenizer  # noqa: E402
 from asft.train import keep_label_positions  # noqa: E402
@@ -73,14 +73,10 @@ def main() -> None:
             inputs = batch if name == "every position" else keep_label_positions(model, batch)
             positions[name] += int(batch["input_ids"].numel() if name == "every position"
                                    else inputs["logits_to_keep"].sum())
-            t0 = time.perf_counter()
-            loss = model(**inputs).loss
-            loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
+            seconds, loss = timed_step(lambda: model(**inputs).loss, opt)
             if i:  # the first round warms up
-                times[name].append(time.perf_counter() - t0)
-            losses[name].append(loss.item())
+                times[name].append(seconds)
+            losses[name].append(loss)
     med = {k: statistics.median(v) for k, v in times.items()}
     full = med["every position"]
     name = Path(args.model).name
