@@ -402,6 +402,8 @@ def evaluate(make_generate: Callable[[], GenerateFn], tokenizer: Any, suites: Se
         cached = _load_cached(out, spec.name, result_key) if out is not None else None
         if cached is not None:
             log(f"{spec.name}: reusing finished results in {out}")
+            if shelf is not None and _load_cached(shelf, spec.name, result_key) is None:
+                _save(shelf, cached, result_key)  # results from before the store serve others too
         elif shelf is not None:
             cached = _load_cached(shelf, spec.name, result_key)
             if cached is not None:
@@ -409,8 +411,6 @@ def evaluate(make_generate: Callable[[], GenerateFn], tokenizer: Any, suites: Se
                 if out is not None:
                     _save(out, cached, result_key)
         if cached is not None:
-            if shelf is not None and _load_cached(shelf, spec.name, result_key) is None:
-                _save(shelf, cached, result_key)  # results from before the store serve others too
             results[spec.name] = cached
             continue
         prompts = [format_prompt(it, template, tokenizer, trigger=trigger) for it in items]
@@ -484,7 +484,7 @@ def evaluate_model(model: Any, tokenizer: Any, suites: Sequence[str], data_dir: 
 
 
 def run_eval(model_dir: str | Path, suites: Sequence[str], data_dir: str | Path, out_dir: str | Path,
-             judge: Judge | None = None, adapter: str | Path | None = None, merge: bool = False,
+             judge: Judge | str | None = None, adapter: str | Path | None = None, merge: bool = False,
              template: str = "alpaca", batch_size: int = 16, max_new_tokens: int | None = None,
              limit: int | None = None, rater: OpenAIClient | None = None, engine: str = "hf",
              device: str | None = None, progress: bool = True, dtype: str = "auto",

@@ -134,24 +134,14 @@ def train_run(spec: RunSpec, setting: Setting, run_dir: Path, key: str | None = 
 
 def evaluate_run(spec: RunSpec, setting: Setting, run_dir: Path, adapter: Path | None,
                  progress: bool = False) -> dict:
-    """HS and FA of a run (cached in ``run_dir/eval`` by the evaluation module)."""
-    from asft.evaluate import adapter_trigger, evaluate_model, folder_model_key
-    from asft.modeling import load_adapter, load_model, load_tokenizer
+    """HS and FA of a run: ``asft eval --adapter A --merge`` (cached in ``run_dir/eval`` and the shared
+    store; the model is loaded only if some suite is not cached)."""
+    from asft.evaluate import run_eval
 
-    tokenizer = load_tokenizer(setting.model)
-    model = load_model(setting.model)
-    if adapter is not None:
-        model = load_adapter(model, adapter, merge=True)
-    key = folder_model_key(setting.model, adapter, merge=True)  # as `asft eval --adapter A --merge`
-    res = evaluate_model(model, tokenizer, [setting.harmful_suite, setting.task_suite], setting.eval_dir,
-                         judge=setting.judge, out_dir=run_dir / "eval", template=setting.template,
-                         batch_size=setting.eval_batch_size, max_new_tokens=setting.max_new_tokens,
-                         limit=setting.eval_limit, model_key=key, progress=progress,
-                         trigger=adapter_trigger(adapter) if adapter else None, store=setting.eval_store)
-    if adapter is not None:
-        from asft.card import record_eval
-
-        record_eval(adapter, res)
+    res = run_eval(setting.model, [setting.harmful_suite, setting.task_suite], setting.eval_dir, run_dir / "eval",
+                   judge=setting.judge, adapter=adapter, merge=adapter is not None, template=setting.template,
+                   batch_size=setting.eval_batch_size, max_new_tokens=setting.max_new_tokens,
+                   limit=setting.eval_limit, progress=progress, store=setting.eval_store)
     return {"hs": res[setting.harmful_suite].hs, "fa": res[setting.task_suite].fa}
 
 
