@@ -24,7 +24,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--data-dir", required=True,
                    help="test data folder (the reference layout: .../asft-reference/eval)")
     p.add_argument("--judge", default="keyword",
-                   choices=["beaverdam", "llamaguard", "keyword", "keyword-start", "toy", "openai"],
+                   choices=["beaverdam", "llamaguard", "keyword", "keyword-start", "keyword-plus", "toy", "openai"],
                    help="safety judge for harmful suites (default keyword, an offline proxy; the paper "
                         "uses beaverdam)")
     p.add_argument("--judge-model", help="beaverdam: BeaverDam-7B folder; llamaguard: Llama Guard 3 folder; "

@@ -27,7 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--suite", default="harmful", help="harmful-score suite (harmful, toy-harmful)")
     p.add_argument("--task-suite", help="also score task accuracy on this suite (e.g. sst2, toy-topic)")
     p.add_argument("--data-dir", required=True, metavar="DIR", help="folder of the suites' files")
-    p.add_argument("--judge", default="keyword", choices=["keyword", "keyword-start", "toy"])
+    p.add_argument("--judge", default="keyword", choices=["keyword", "keyword-start", "keyword-plus", "toy"])
     p.add_argument("--template", default="chat", choices=["chat", "alpaca", "llama2"])
     p.add_argument("--limit", type=int, default=80, help="prompts per point (default 80)")
     p.add_argument("--max-new-tokens", type=int,
