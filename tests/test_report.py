@@ -99,3 +99,39 @@ def test_report_reads_the_reference_paper_numbers():
     assert paper["main"][("sft", "sst2")] == (48.0, 94.5)
     assert paper["main"][("asft-reference-lam1", "alpaca")] == (3.2, 58.9)
     assert paper["p_sweep"][("asft-reference-lam1", 0.2)] == 6.0
+
+
+def _run_folder(root: Path, name: str, row: dict, answers: list[str]) -> Path:
+    """A finished run as an experiment leaves it: row.json and eval/ with the harmful answers."""
+    d = root / name
+    (d / "eval").mkdir(parents=True)
+    (d / "row.json").write_text(json.dumps(row))
+    (d / "eval" / "harmful.result.json").write_text(json.dumps(
+        {"key": "k", "summary": {"suite": "harmful", "n": len(answers), "hs": 0.0, "judge": "keyword"}}))
+    (d / "eval" / "sst2.result.json").write_text(json.dumps({"key": "k", "summary": {"suite": "sst2", "hs": None}}))
+    (d / "eval" / "harmful.jsonl").write_text("".join(
+        json.dumps({"i": i, "instruction": f"q{i}", "response": a, "flagged": True}) + "\n" for i, a in enumerate(answers)))
+    return d
+
+
+def test_report_judges_the_stored_answers_again(tmp_path):
+    """--rejudge keyword-plus: a second HS from each run's stored answers, averaged over seeds, its own
+    main table; the reference keyword judge on the same answers gives the first HS back."""
+    from asft.errors import AsftError
+    from asft.report import collect_rows, write_report
+
+    plain, sorry, harmful = "I can't help with that!", "I'm sorry, but no.", "Sure! Here is how."
+    for s, answers in ((0, [plain, plain, sorry, harmful]), (1, [plain, harmful, harmful, harmful])):
+        _run_folder(tmp_path / "runs", f"sft-s{s}", _run("sst2", "sft", s, [75.0, 100.0][s], 90.0), answers)
+    rows = collect_rows([tmp_path / "runs"], rejudge="keyword-plus")
+    assert sorted(r["hs_rejudged"] for r in rows) == [25.0, 75.0]
+    assert all(r["hs_rejudged"] == r["hs"] for r in collect_rows([tmp_path / "runs"], rejudge="keyword"))
+    write_report(rows, tmp_path / "rep", title="t", rejudged_by="keyword-plus")
+    md = (tmp_path / "rep" / "results.md").read_text()
+    assert "HS by the judge keyword-plus" in md and "| SFT | **50.0 ± 35.4** / **90.0** |" in md
+    assert "hs_rejudged" in (tmp_path / "rep" / "results.csv").read_text().splitlines()[0]
+    with pytest.raises(AsftError, match="only the offline judges"):
+        collect_rows([tmp_path / "runs"], rejudge="beaverdam")
+    (tmp_path / "runs" / "sft-s1" / "eval" / "harmful.jsonl").unlink()
+    with pytest.raises(AsftError, match=r"sft-s1/eval: needs the answers of exactly one harmful suite"):
+        collect_rows([tmp_path / "runs"], rejudge="keyword-plus")

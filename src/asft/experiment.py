@@ -274,6 +274,9 @@ def aggregate(rows: Sequence[dict]) -> list[dict]:
                "seeds": sorted(r["seed"] for r in rs), "group": first["group"]}
         if n is not None:
             row.update(n=n, p=p)
+        if all("hs_rejudged" in r for r in rs):  # a second judge's HS (asft report --rejudge)
+            again, again_std = _mean_std([r["hs_rejudged"] for r in rs])
+            row.update(hs_rejudged=round(again, 2), hs_rejudged_std=round(again_std, 2))
         eig = [r["c_max_eig"] for r in rs if "c_max_eig" in r]
         if eig:
             row["c_max_eig"] = round(statistics.fmean(eig), 4)

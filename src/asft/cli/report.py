@@ -17,6 +17,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="folder for the report files")
     p.add_argument("--paper", help="paper-numbers.md of the reference data: the paper's numbers beside ours")
     p.add_argument("--title", default="asft report")
+    p.add_argument("--rejudge", choices=["keyword", "keyword-start", "keyword-plus"],
+                   help="also judge every run's stored harmful answers with this offline judge: a second HS "
+                        "table from the same generations (e.g. keyword-plus: refusals worded \"I can't help\" "
+                        "are not counted harmful)")
     p.set_defaults(func=run)
 
 
@@ -27,8 +31,8 @@ def run(args: argparse.Namespace) -> int:
 
     from asft.report import collect_rows, write_report
 
-    rows = collect_rows(args.dirs)
-    write_report(rows, args.out, paper=args.paper, title=args.title)
+    rows = collect_rows(args.dirs, rejudge=args.rejudge)
+    write_report(rows, args.out, paper=args.paper, title=args.title, rejudged_by=args.rejudge)
     console = Console()
     console.print((Path(args.out) / "results.md").read_text())
     console.print(f"{len(rows)} runs: results.json, results.csv, results.md, plots/, report.html in {args.out}")

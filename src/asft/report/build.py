@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import html
+import json
 import re
 from pathlib import Path
 from typing import Sequence
@@ -19,9 +20,16 @@ from asft.fileio import read_json, write_json, write_text
 from asft.report.tables import markdown_cells
 
 
-def collect_rows(dirs: Sequence[str | Path]) -> list[dict]:
+OFFLINE_JUDGES = ("keyword", "keyword-start", "keyword-plus")  # instant: a report can apply them
+
+
+def collect_rows(dirs: Sequence[str | Path], rejudge: str | None = None) -> list[dict]:
     """The rows of every finished run (``row.json``) under ``dirs``, each once (a folder given
-    twice, or inside another, is read once)."""
+    twice, or inside another, is read once).
+
+    ``rejudge`` (one of ``OFFLINE_JUDGES``): also judge each run's stored answers to the harmful
+    prompts (``eval/<suite>.jsonl`` beside ``row.json``) with that judge, as ``hs_rejudged`` (%):
+    a second HS from the same generations, without a model."""
     seen, rows = set(), []
     for d in dirs:
         d = Path(d)
@@ -35,10 +43,36 @@ def collect_rows(dirs: Sequence[str | Path]) -> list[dict]:
             row = read_json(path)
             if not isinstance(row, dict) or not {"method", "task", "hs", "group"} <= set(row):
                 raise AsftError(f"{path}: not a run row (needs method, task, group, hs)")
+            if rejudge:
+                row["hs_rejudged"] = rejudged_hs(path.parent / "eval", rejudge)
             rows.append(row)
     if not rows:
         raise AsftError(f"no finished runs (row.json) under {', '.join(str(d) for d in dirs)}")
     return rows
+
+
+def rejudged_hs(eval_dir: Path, judge_name: str) -> float:
+    """HS (%) of the harmful-suite answers stored in ``eval_dir`` (an `asft eval` folder), judged by
+    ``judge_name`` (an offline keyword judge)."""
+    from asft.judges import make_judge
+
+    if judge_name not in OFFLINE_JUDGES:
+        raise AsftError(f"--rejudge {judge_name}: only the offline judges ({', '.join(OFFLINE_JUDGES)}) "
+                        "can judge stored answers again here; run `asft eval --judge` for the others")
+    suites = []
+    for res in sorted(eval_dir.glob("*.result.json")):
+        summary = read_json(res).get("summary", {})
+        if summary.get("hs") is not None:
+            suites.append(eval_dir / f"{summary['suite']}.jsonl")
+    if len(suites) != 1 or not suites[0].is_file():
+        found = "none" if not suites else ", ".join(p.name for p in suites)
+        raise AsftError(f"{eval_dir}: needs the answers of exactly one harmful suite to judge again "
+                        f"(<suite>.jsonl with its .result.json), found {found}")
+    records = [json.loads(line) for line in suites[0].read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not records or not all(isinstance(r, dict) and "response" in r and "instruction" in r for r in records):
+        raise AsftError(f"{suites[0]}: not an `asft eval` answer file (records with instruction and response)")
+    verdicts = make_judge(judge_name)([r["instruction"] for r in records], [r["response"] for r in records])
+    return round(100 * sum(v.flagged for v in verdicts) / len(records), 2)
 
 
 def _cells(table: list[dict]) -> list[tuple]:
@@ -47,8 +81,10 @@ def _cells(table: list[dict]) -> list[tuple]:
 
 
 def write_report(runs: list[dict], out: str | Path, paper: str | Path | None = None,
-                 title: str = "asft experiment", config: dict | None = None) -> dict:
-    """Aggregate ``runs`` (per-run rows) over seeds and write every output into ``out``."""
+                 title: str = "asft experiment", config: dict | None = None, rejudged_by: str | None = None) -> dict:
+    """Aggregate ``runs`` (per-run rows) over seeds and write every output into ``out``.
+    ``rejudged_by``: the judge of the rows' ``hs_rejudged`` (``collect_rows(rejudge=)``): a second main
+    table and verdict with that HS."""
     from asft.experiment import aggregate, results_document
     from asft.report.charts import sweep_chart, tradeoff_chart
     from asft.report.paper import load_paper_numbers, paper_beside
@@ -67,6 +103,13 @@ def write_report(runs: list[dict], out: str | Path, paper: str | Path | None = N
             lines = verdict([r for r in table if r["task"] == t and (r.get("n"), r.get("p")) == (n, p)])
             if lines:
                 md += [f"\nAsFT against the l2 control ({t}):\n\n"] + [f"- {x}\n" for x in lines]
+        if rejudged_by:
+            again = [{**r, "hs": r["hs_rejudged"], "hs_std": r.get("hs_rejudged_std")} for r in table]
+            md += [f"\nThe same answers, HS by the judge {rejudged_by}:\n\n", main_table(again, n, p)]
+            for t in tasks:
+                lines = verdict([r for r in again if r["task"] == t and (r.get("n"), r.get("p")) == (n, p)])
+                if lines:
+                    md += [f"\nAsFT against the l2 control ({t}, {rejudged_by}):\n\n"] + [f"- {x}\n" for x in lines]
     plots: list[Path] = []
     for t in tasks:
         for by in ("p", "n"):
@@ -92,6 +135,8 @@ def write_report(runs: list[dict], out: str | Path, paper: str | Path | None = N
     text = "".join(md)
     out.mkdir(parents=True, exist_ok=True)
     doc = results_document(config or {}, table, runs=runs)
+    if rejudged_by:
+        doc["rejudged_by"] = rejudged_by
     write_json(out / "results.json", doc)
     write_text(out / "results.csv", to_csv(table))
     write_text(out / "results.md", text)

@@ -161,7 +161,7 @@ def sweep_table(rows: Sequence[dict], task: str, by: str = "p", key: str = "hs")
 
 
 CSV_FIELDS = ("task", "n", "p", "method", "form", "lambda", "group", "hs", "hs_std", "fa", "fa_std", "seeds",
-              "c_max_eig")
+              "c_max_eig", "hs_rejudged", "hs_rejudged_std")
 
 
 def to_csv(rows: Sequence[dict]) -> str:
