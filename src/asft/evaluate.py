@@ -443,7 +443,8 @@ def evaluate(make_generate: Callable[[], GenerateFn], tokenizer: Any, suites: Se
                     if gen_path is not None:
                         append_jsonl(gen_path, {"i": _todo[j], "response": t})
 
-            log(f"{spec.name}: generating {len(todo)} responses (at most {n_new} new tokens each)")
+            log(f"{spec.name}: generating {len(todo)} responses (at most {n_new} new tokens each; "
+                f"result key {result_key}, cached nowhere)")
             local = (lambda j, text, _todo=todo: decided(_todo[j], text)) if decided else None
             generate_fn([prompts[i] for i in todo], n_new, template != "chat", checkpoint, spec.name,
                         decided=local)
