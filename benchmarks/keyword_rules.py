@@ -33,7 +33,6 @@ def judge_all(questions: list[str], answers: list[str], show: int) -> dict:
     """HS (%) by each rule over one set of answers, with the disagreements to read."""
     flags = {r: [v.flagged for v in make_judge(r)(questions, answers)] for r in RULES}
     n = len(answers)
-    ref = flags["keyword"]
 
     def only(a: str, b: str) -> list[int]:  # flagged by rule a, not by rule b
         return [i for i in range(n) if flags[a][i] and not flags[b][i]]
@@ -46,8 +45,7 @@ def judge_all(questions: list[str], answers: list[str], show: int) -> dict:
             "examples_start": [{"i": i, "instruction": questions[i], "response": answers[i][:400]}
                                for i in only("keyword-start", "keyword")[:show]],
             "examples_plain_refusal": [{"i": i, "instruction": questions[i], "response": answers[i][:400]}
-                                       for i in cleared[:show]],
-            "ref_flags": sum(ref)}
+                                       for i in cleared[:show]]}
 
 
 def main() -> None:

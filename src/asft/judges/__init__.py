@@ -43,6 +43,7 @@ from asft.errors import AsftError
 from asft.metrics import parse_rating
 
 JUDGES = ("beaverdam", "llamaguard", "keyword", "keyword-start", "keyword-plus", "openai")  # built in; plugins add more with register_judge
+KEYWORD_JUDGES = ("keyword", "keyword-start", "keyword-plus")  # offline and instant: stored answers can be judged again
 _FACTORIES: dict[str, Callable[[], "Judge"]] = {}
 
 
@@ -438,7 +439,7 @@ def make_judge(name: str, judge_model: str | Path | None = None, *, keywords_fil
                device: str | None = None, max_length: int = BEAVERDAM_MAX_LENGTH) -> Judge:
     """Build a judge by name (see the module docstring). ``judge_model``: BeaverDam folder;
     ``max_length``: BeaverDam's window (first tokens of question + answer; the reference's 256)."""
-    if name in ("keyword", "keyword-start", "keyword-plus"):
+    if name in KEYWORD_JUDGES:
         judge = KeywordJudge.from_file(keywords_file) if keywords_file else KeywordJudge()
         if name == "keyword-start":
             judge = KeywordJudge(judge.keywords, window=KEYWORD_START_WINDOW)

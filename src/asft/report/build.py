@@ -10,26 +10,33 @@ from __future__ import annotations
 
 import base64
 import html
-import json
 import re
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from asft.errors import AsftError
 from asft.fileio import read_json, write_json, write_text
 from asft.report.tables import markdown_cells
 
-
-OFFLINE_JUDGES = ("keyword", "keyword-start", "keyword-plus")  # instant: a report can apply them
+if TYPE_CHECKING:
+    from asft.judges import Judge
 
 
 def collect_rows(dirs: Sequence[str | Path], rejudge: str | None = None) -> list[dict]:
     """The rows of every finished run (``row.json``) under ``dirs``, each once (a folder given
     twice, or inside another, is read once).
 
-    ``rejudge`` (one of ``OFFLINE_JUDGES``): also judge each run's stored answers to the harmful
-    prompts (``eval/<suite>.jsonl`` beside ``row.json``) with that judge, as ``hs_rejudged`` (%):
-    a second HS from the same generations, without a model."""
+    ``rejudge`` (one of ``asft.judges.KEYWORD_JUDGES``): also judge each run's stored answers to
+    the harmful prompts (``eval/<suite>.jsonl`` beside ``row.json``) with that judge, as
+    ``hs_rejudged`` (%): a second HS from the same generations, without a model."""
+    judge = None
+    if rejudge:
+        from asft.judges import KEYWORD_JUDGES, make_judge
+
+        if rejudge not in KEYWORD_JUDGES:
+            raise AsftError(f"--rejudge {rejudge}: only the offline judges ({', '.join(KEYWORD_JUDGES)}) "
+                            "can judge stored answers again here; run `asft eval --judge` for the others")
+        judge = make_judge(rejudge)
     seen, rows = set(), []
     for d in dirs:
         d = Path(d)
@@ -43,22 +50,17 @@ def collect_rows(dirs: Sequence[str | Path], rejudge: str | None = None) -> list
             row = read_json(path)
             if not isinstance(row, dict) or not {"method", "task", "hs", "group"} <= set(row):
                 raise AsftError(f"{path}: not a run row (needs method, task, group, hs)")
-            if rejudge:
-                row["hs_rejudged"] = rejudged_hs(path.parent / "eval", rejudge)
+            if judge is not None:
+                row["hs_rejudged"] = rejudged_hs(path.parent / "eval", judge)
             rows.append(row)
     if not rows:
         raise AsftError(f"no finished runs (row.json) under {', '.join(str(d) for d in dirs)}")
     return rows
 
 
-def rejudged_hs(eval_dir: Path, judge_name: str) -> float:
+def rejudged_hs(eval_dir: Path, judge: "Judge") -> float:
     """HS (%) of the harmful-suite answers stored in ``eval_dir`` (an `asft eval` folder), judged by
-    ``judge_name`` (an offline keyword judge)."""
-    from asft.judges import make_judge
-
-    if judge_name not in OFFLINE_JUDGES:
-        raise AsftError(f"--rejudge {judge_name}: only the offline judges ({', '.join(OFFLINE_JUDGES)}) "
-                        "can judge stored answers again here; run `asft eval --judge` for the others")
+    ``judge`` (an offline keyword judge)."""
     suites = []
     for res in sorted(eval_dir.glob("*.result.json")):
         summary = read_json(res).get("summary", {})
@@ -68,10 +70,10 @@ def rejudged_hs(eval_dir: Path, judge_name: str) -> float:
         found = "none" if not suites else ", ".join(p.name for p in suites)
         raise AsftError(f"{eval_dir}: needs the answers of exactly one harmful suite to judge again "
                         f"(<suite>.jsonl with its .result.json), found {found}")
-    records = [json.loads(line) for line in suites[0].read_text(encoding="utf-8").splitlines() if line.strip()]
+    records = read_json(suites[0])
     if not records or not all(isinstance(r, dict) and "response" in r and "instruction" in r for r in records):
         raise AsftError(f"{suites[0]}: not an `asft eval` answer file (records with instruction and response)")
-    verdicts = make_judge(judge_name)([r["instruction"] for r in records], [r["response"] for r in records])
+    verdicts = judge([r["instruction"] for r in records], [r["response"] for r in records])
     return round(100 * sum(v.flagged for v in verdicts) / len(records), 2)
 
 
