@@ -47,7 +47,7 @@ def _peak_mb():
 
 CHILD = {
     "import": _PEAK + """
-import torch, transformers, safetensors, asft.anchor, asft.cli.anchor
+import torch, transformers, safetensors, asft.models.anchor, asft.cli.anchor
 print(json.dumps({"peak_rss_mb": _peak_mb()}))
 """,
     "asft": _PEAK + """

@@ -51,7 +51,7 @@ def sizes(k: int = 64) -> list[dict]:
 
 
 def rank_error(anchor_path: Path, ranks: list[int], trials: int = 4) -> dict:
-    from asft.anchor import load_anchor
+    from asft.models.anchor import load_anchor
 
     anchor = load_anchor(anchor_path)
     g = torch.Generator().manual_seed(0)

@@ -19,8 +19,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from asft.fileio import write_json  # noqa: E402
-from asft.generate import _new_cache  # noqa: E402
-from asft.modeling import load_model  # noqa: E402
+from asft.models.generate import _new_cache  # noqa: E402
+from asft.models.modeling import load_model  # noqa: E402
 from asft.runtime import environment  # noqa: E402
 
 HERE = Path(__file__).resolve().parent

@@ -52,7 +52,7 @@ def _model(spec: str, dtype: str, device: str):
         from _eval_tiny import byte_tokenizer
 
         return model, byte_tokenizer()
-    from asft.modeling import load_model, load_tokenizer
+    from asft.models.modeling import load_model, load_tokenizer
 
     return load_model(spec, dtype=dtype, device=device).eval(), load_tokenizer(spec)
 
@@ -69,7 +69,7 @@ def _work(engine: str, args: dict, prompts: list[str]) -> dict:
     import torch
 
     torch.set_num_threads(args["threads"])
-    from asft.generate import generate, generate_reference
+    from asft.models.generate import generate, generate_reference
 
     dtype = "bfloat16" if engine == "current-bf16" else "float32"
     model, tok = _model(args["model"], dtype, args["device"])
@@ -81,7 +81,7 @@ def _work(engine: str, args: dict, prompts: list[str]) -> dict:
         out = generate_reference(model, tok, prompts, args["max_new"], batch_size=args["old_batch"],
                                  add_special_tokens=add)
     else:  # as `asft eval` runs it: with the provable early stop of AG News / SST-2 answers
-        from asft.evaluate import _decided
+        from asft.evaluation.run import _decided
 
         decided = _decided(args["kind"], args["items"])
         stop = (lambda i, ids: decided(i, tok.decode(ids, skip_special_tokens=True))) if decided else None
@@ -127,8 +127,8 @@ def _prompts(args) -> tuple[list[str], list[dict]]:
                                           for _ in range(rng.randint(3, 40)))} for _ in range(args.limit or 48)]
         return [it["instruction"] for it in items], items
     from asft.data import format_prompt
-    from asft.evaluate import load_suite
-    from asft.modeling import load_tokenizer
+    from asft.evaluation.run import load_suite
+    from asft.models.modeling import load_tokenizer
 
     items = load_suite(args.suite, args.data_dir, args.limit)
     tok = load_tokenizer(args.model)
@@ -136,14 +136,14 @@ def _prompts(args) -> tuple[list[str], list[dict]]:
 
 
 def _metric(args, items: list[dict], outputs: list[str]) -> float | None:
-    from asft import metrics
-    from asft.evaluate import suite_spec
+    from asft.evaluation import metrics
+    from asft.evaluation.run import suite_spec
 
     if args.model.startswith("random"):
         return None
     kind = suite_spec(args.suite).kind
     if kind == "harmful":
-        from asft.judges import KeywordJudge
+        from asft.evaluation.judges import KeywordJudge
 
         flags = KeywordJudge()([it["instruction"] for it in items], outputs)
         return metrics.percent(sum(v.flagged for v in flags), len(items))
@@ -171,7 +171,7 @@ def main() -> None:
     ap.add_argument("--out", help="JSON path (default benchmarks/results/eval_throughput_<name>.json)")
     ap.add_argument("--keep", help="folder keeping each engine's raw result (outputs too): a rerun reuses them")
     args = ap.parse_args()
-    from asft.evaluate import suite_spec
+    from asft.evaluation.run import suite_spec
 
     max_new = args.max_new or (64 if args.model.startswith("random") else suite_spec(args.suite).max_new_tokens)
     prompts, items = _prompts(args)

@@ -1,7 +1,7 @@
-"""Generation throughput: `asft.generate` (batched, length-bucketed) vs one prompt at a time.
+"""Generation throughput: `asft.models.generate` (batched, length-bucketed) vs one prompt at a time.
 
 "one-at-a-time" is the reference evaluation loop (tokenize one prompt, ``model.generate`` greedily,
-decode); "batched" is ``asft.generate.generate`` on the same prompts with --batch-size. Both run in
+decode); "batched" is ``asft.models.generate.generate`` on the same prompts with --batch-size. Both run in
 the same process on the same randomly initialised Llama, one after the other, after a warm-up call
 each. Prompts are the reference instruction format around synthetic instructions of varied length;
 a byte-level tokenizer (no downloads) makes one token per byte. With float32 on CPU the greedy
@@ -85,7 +85,7 @@ def main() -> None:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from asft.fileio import write_json
-    from asft.generate import generate
+    from asft.models.generate import generate
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])

@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from asft.errors import AsftError  # noqa: E402
 from asft.fileio import read_json, write_json  # noqa: E402
-from asft.judges import make_judge  # noqa: E402
+from asft.evaluation.judges import make_judge  # noqa: E402
 
 RULES = ("keyword", "keyword-start", "keyword-plus")
 
@@ -58,7 +58,7 @@ def main() -> None:
     args = ap.parse_args()
     sets: dict[str, tuple[list[str], list[str]]] = {}
     if args.responses:
-        from asft.evaluate import load_suite
+        from asft.evaluation.run import load_suite
 
         a = read_json(args.responses)["outputs"]
         sets[args.responses] = ([it["instruction"] for it in load_suite("harmful", args.data_dir)][: len(a)], a)

@@ -25,9 +25,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from asft.anchor import AnchorEntry  # noqa: E402
+from asft.models.anchor import AnchorEntry  # noqa: E402
 from asft.fileio import write_json  # noqa: E402
-from asft.regularizer import build_operator, gram_reference  # noqa: E402
+from asft.methods.regularizer import build_operator, gram_reference  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 

@@ -33,8 +33,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from asft.anchor import AnchorEntry  # noqa: E402
-from asft.regularizer import AsftPenalty, ModuleOperator, build_operator, lora_pairs  # noqa: E402
+from asft.models.anchor import AnchorEntry  # noqa: E402
+from asft.methods.regularizer import AsftPenalty, ModuleOperator, build_operator, lora_pairs  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 
@@ -149,7 +149,7 @@ def training_step(args, device, shape: str) -> dict:
     ids = torch.randint(0, dims["vocab"], (batch, seq), generator=g).to(device)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
     pairs = lora_pairs(model)
-    from asft.anchor import Anchor
+    from asft.models.anchor import Anchor
     entries = {}
     for i, (n, (A, B, _)) in enumerate(sorted(pairs.items())):
         V = power_law_V(B.shape[0], A.shape[1], i, device)

@@ -22,8 +22,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from asft.demo import PROJ_RANK, TOY_MIX, TOY_RECIPE, prepare, toy_setting  # noqa: E402
-from asft.experiment import RunSpec, aggregate, results_document, run_grid  # noqa: E402
+from asft.experiments.demo import PROJ_RANK, TOY_MIX, TOY_RECIPE, prepare, toy_setting  # noqa: E402
+from asft.experiments.runs import RunSpec, aggregate, results_document, run_grid  # noqa: E402
 from asft.fileio import write_json, write_text  # noqa: E402
 from asft.runtime import usable_cores  # noqa: E402
 from asft.report import markdown_table, tradeoff_chart  # noqa: E402

@@ -25,7 +25,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from _step import timed_step  # noqa: E402  (benchmarks/_step.py)
-from asft.regularizer import AsftPenalty  # noqa: E402
+from asft.methods.regularizer import AsftPenalty  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 

@@ -1,5 +1,5 @@
 """A LoRA training step on a real model on CPU: the output layer at every position against only
-where the next token is a label (``asft.train.keep_label_positions``, what ``asft train`` does).
+where the next token is a label (``asft.training.train.keep_label_positions``, what ``asft train`` does).
 
 Batches are real: the first examples of the SST-2 mix (``SST2_1k_p_0.1.json``, 10 % harmful) encoded
 as ``asft train`` encodes them (template, response-only labels, max length 256), 8 per batch, grouped
@@ -25,8 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from _step import timed_step  # noqa: E402  (benchmarks/_step.py)
 from asft.data import PadCollator, SupervisedDataset, length_grouped_batches, load_records  # noqa: E402
-from asft.modeling import load_tokenizer  # noqa: E402
-from asft.train import keep_label_positions  # noqa: E402
+from asft.models.modeling import load_tokenizer  # noqa: E402
+from asft.training.trainer import keep_label_positions  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent

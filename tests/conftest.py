@@ -18,7 +18,7 @@ def pytest_configure(config):
     from asft.runtime import apply_threads
 
     apply_threads()
-    # No test reads or fills the user's shared evaluation store (asft.evaluate.eval_store); the
+    # No test reads or fills the user's shared evaluation store (asft.evaluation.run.eval_store); the
     # tests of the store pass their own folder.
     os.environ["ASFT_EVAL_CACHE"] = "off"
 

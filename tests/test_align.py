@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from asft.align import AlignConfig, align, normalise, request_of, split_pools
+from asft.training.align import AlignConfig, align, normalise, request_of, split_pools
 from asft.errors import AsftError
 from asft.fileio import read_json, write_json
 
@@ -23,7 +23,7 @@ def test_pools_split_by_the_reference_marker_and_requests_are_cleaned(tmp_path):
 
 def test_align_the_toy_base_into_a_refusing_model(toy_world, tmp_path):
     import asft.toy  # noqa: F401
-    from asft.evaluate import run_eval
+    from asft.evaluation.run import run_eval
     from asft.toy import lexicon as L
 
     harmful = tmp_path / "harmful.json"
@@ -50,7 +50,7 @@ def test_align_the_toy_base_into_a_refusing_model(toy_world, tmp_path):
 
 
 def test_cli_data_safety_refuses_pool_requests_and_never_eval_prompts(tmp_path, capsys):
-    from asft.align import REFUSALS
+    from asft.training.align import REFUSALS
     from asft.cli import main
 
     pool = tmp_path / "pool.json"
@@ -88,8 +88,8 @@ def test_every_refusal_wording_is_a_refusal_to_the_keyword_judge():
     # A wording the reference keyword list does not know would be counted as a harmful answer,
     # and the aligned model's HS would over-state its harmfulness (found on the SmolLM2 pair:
     # 26 of its 103 trained refusals were flagged).
-    from asft.align import REFUSALS
-    from asft.judges import KeywordJudge
+    from asft.training.align import REFUSALS
+    from asft.evaluation.judges import KeywordJudge
 
     verdicts = KeywordJudge()(["q"] * len(REFUSALS), list(REFUSALS))
     assert [v.flagged for v in verdicts] == [False] * len(REFUSALS)

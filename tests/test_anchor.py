@@ -7,7 +7,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from _models import make_llama_pair
-from asft.anchor import (
+from asft.models.anchor import (
     Anchor,
     AnchorEntry,
     check_anchor_matches,
@@ -16,7 +16,7 @@ from asft.anchor import (
     load_anchor,
     match_targets,
 )
-from asft.checkpoints import ModelFolder
+from asft.models.checkpoints import ModelFolder
 from asft.cli import main
 from asft.errors import AsftError
 
@@ -340,9 +340,9 @@ def test_anchor_from_a_harmful_adapter_equals_the_anchor_of_the_merged_model(tmp
     from peft import LoraConfig, get_peft_model
 
     from _models import make_llama_pair
-    from asft.anchor import build_anchor, load_anchor
-    from asft.modeling import load_model
-    from asft.train import merge
+    from asft.models.anchor import build_anchor, load_anchor
+    from asft.models.modeling import load_model
+    from asft.training.merge import merge
 
     _, aligned = make_llama_pair(tmp_path, seed=0)
     from _eval_tiny import byte_tokenizer

@@ -7,9 +7,9 @@ from asft.fileio import content_hash
 
 def test_adapter_card_has_the_recipe_and_every_evaluation(toy_world, tmp_path):
     import asft.toy  # noqa: F401
-    from asft.anchor import build_anchor
-    from asft.evaluate import run_eval
-    from asft.train import TrainConfig, train
+    from asft.models.anchor import build_anchor
+    from asft.evaluation.run import run_eval
+    from asft.training.train import TrainConfig, train
 
     anchor = build_anchor(toy_world.base, toy_world.aligned, out=tmp_path / "anchor.safetensors").path
     data = toy_world.make_mix("topic", 64, 0.1)

@@ -6,7 +6,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from _models import make_llama_pair
-from asft.checkpoints import ModelFolder, SafetensorsWriter, check_pair, fingerprint
+from asft.models.checkpoints import ModelFolder, SafetensorsWriter, check_pair, fingerprint
 from asft.errors import AsftError
 
 torch.set_num_threads(1)

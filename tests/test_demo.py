@@ -5,8 +5,8 @@ import json
 
 import torch
 
-from asft.demo import DEMO_LAMBDAS, demo_specs, run_demo
-from asft.experiment import RunSpec
+from asft.experiments.demo import DEMO_LAMBDAS, demo_specs, run_demo
+from asft.experiments.runs import RunSpec
 
 
 def test_demo_specs_cover_every_method_over_lambda_and_seeds():

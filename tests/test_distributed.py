@@ -47,7 +47,7 @@ def test_penalty_methods_refuse_parameter_sharding():
     import pytest
 
     from asft.errors import AsftError
-    from asft.train import TrainConfig, check_not_sharded, sharded_setup
+    from asft.training.train import TrainConfig, check_not_sharded, sharded_setup
 
     assert sharded_setup({}) is None
     assert sharded_setup({"ACCELERATE_USE_FSDP": "true"}) == "FSDP"

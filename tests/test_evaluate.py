@@ -10,8 +10,8 @@ import torch
 from _eval_tiny import byte_tokenizer, save_tiny_llama, tiny_llama
 from asft.data import format_prompt
 from asft.errors import AsftError
-from asft.evaluate import evaluate, evaluate_model, load_suite, run_eval, summary_table
-from asft.judges import KeywordJudge
+from asft.evaluation.run import evaluate, evaluate_model, load_suite, run_eval, summary_table
+from asft.evaluation.judges import KeywordJudge
 
 torch.set_num_threads(1)
 
@@ -28,7 +28,7 @@ def test_loaders_parse_the_reference_test_sets():
     data = REFERENCE / "eval"
     sizes = {name: len(load_suite(name, data)) for name in ("harmful", "agnews", "sst2", "gsm8k", "alpaca")}
     assert sizes == {"harmful": 250, "agnews": 1000, "sst2": 872, "gsm8k": 500, "alpaca": 100}
-    from asft.metrics import extract_final_number
+    from asft.evaluation.metrics import extract_final_number
 
     gsm = load_suite("gsm8k", data)
     assert all(extract_final_number(it["gold"]) is not None for it in gsm)
@@ -207,7 +207,7 @@ def test_bad_input_is_a_clear_error(tmp_path):
 
 
 def test_evaluate_model_in_memory_caches_by_weights(tmp_path, monkeypatch):
-    from asft import generate as gen_module
+    from asft.models import generate as gen_module
 
     data = write_data(tmp_path / "data")
     model, tok = tiny_llama(), byte_tokenizer()
@@ -224,8 +224,8 @@ def test_evaluate_model_in_memory_caches_by_weights(tmp_path, monkeypatch):
 
 
 def test_asft_eval_end_to_end(tmp_path, monkeypatch, capsys):
-    from asft import generate as gen_module
-    from asft import modeling
+    from asft.models import generate as gen_module
+    from asft.models import modeling
     from asft.cli import main
 
     data = write_data(tmp_path / "data")
@@ -282,14 +282,14 @@ def test_adapter_merged_and_unmerged_agree(tmp_path):
 
 
 def test_summary_table_formats_missing_values():
-    from asft.evaluate import SuiteResult
+    from asft.evaluation.run import SuiteResult
 
     table = summary_table({"harmful": SuiteResult("harmful", 250, hs=4.0, hs_plus=5.2)})
     assert "| harmful | 250 | 4.00 | 5.20 | - | - | - |" in table
 
 
 def test_adapter_identity_ignores_eval_outputs_inside_it(tmp_path):
-    from asft.checkpoints import folder_identity as fingerprint_dir
+    from asft.models.checkpoints import folder_identity as fingerprint_dir
 
     ad = tmp_path / "adapter"
     ad.mkdir()
@@ -363,8 +363,8 @@ def test_early_stop_of_classification_answers_gives_the_full_answers_scores(tmp_
 def test_label_likelihood_matches_a_plain_forward_and_scores_the_argmax(tmp_path):
     """--fa-mode likelihood: log p(label | prompt) from batched, right-padded forwards equals one
     unpadded forward per (prompt, label); the answer is the argmax label; off by default."""
-    from asft.likelihood import _label_ids, label_logprobs
-    from asft.metrics import AGNEWS_LABELS, SST2_LABELS
+    from asft.evaluation.likelihood import _label_ids, label_logprobs
+    from asft.evaluation.metrics import AGNEWS_LABELS, SST2_LABELS
 
     model, tok = tiny_llama(seed=2), byte_tokenizer()
     prompts = ["Sentiment of: great film\n### Response:\n", "x", "Categorize: Stocks fall. Answer: "]
@@ -402,10 +402,10 @@ def test_shared_store_serves_the_same_model_from_anywhere(tmp_path, monkeypatch,
     published on their next reuse; --no-shared-cache and other weights generate afresh."""
     import shutil
 
-    from asft import generate as gen_module
-    from asft import modeling
+    from asft.models import generate as gen_module
+    from asft.models import modeling
     from asft.cli import main
-    from asft.experiment import RunSpec, Setting, evaluate_run
+    from asft.experiments.runs import RunSpec, Setting, evaluate_run
 
     data = write_data(tmp_path / "data")
     model_dir = save_tiny_llama(tmp_path / "model")

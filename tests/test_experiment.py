@@ -5,7 +5,7 @@ import json
 import pytest
 
 from asft.errors import AsftError
-from asft.experiment import RunSpec, Setting, aggregate, run_grid, run_one
+from asft.experiments.runs import RunSpec, Setting, aggregate, run_grid, run_one
 from asft.report import bar_chart, label, markdown_table, tradeoff_chart
 
 
@@ -51,8 +51,8 @@ def test_report_table_and_charts(tmp_path):
 
 @pytest.fixture(scope="module")
 def toy_setting(toy_world, tmp_path_factory):
-    from asft.anchor import build_anchor
-    from asft.demo import TOY_RECIPE
+    from asft.models.anchor import build_anchor
+    from asft.experiments.demo import TOY_RECIPE
 
     root = tmp_path_factory.mktemp("grid")
     anchor = root / "anchor.safetensors"
@@ -71,7 +71,7 @@ def test_grid_runs_resumes_and_redoes_stale_runs(toy_setting, monkeypatch):
     assert [r["method"] for r in rows] == ["aligned", "sft", "asft", "safelora"]
     for r in rows:
         assert 0 <= r["hs"] <= 100 and 0 <= r["fa"] <= 100
-    from asft.anchor import inspect_anchor, load_anchor
+    from asft.models.anchor import inspect_anchor, load_anchor
 
     assert rows[2]["penalty"] > 0
     # the run reports the largest eigenvalue of the reference C over its modules: the exact SVD's
@@ -82,7 +82,7 @@ def test_grid_runs_resumes_and_redoes_stale_runs(toy_setting, monkeypatch):
     assert rows[1]["train_seconds"] == round(summary["seconds"], 2) and "eval_resumed" not in rows[1]
 
     # A second pass reads every row back: no training, no evaluation.
-    import asft.experiment as ex
+    import asft.experiments.runs as ex
 
     monkeypatch.setattr(ex, "train_run", lambda *a, **k: pytest.fail("retrained a finished run"))
     monkeypatch.setattr(ex, "evaluate_run", lambda *a, **k: pytest.fail("re-evaluated a finished run"))
@@ -111,7 +111,7 @@ def test_grid_refuses_unknown_method_and_missing_anchor(toy_setting, tmp_path):
 def test_runs_start_in_plan_order_safelora_beside_its_sft(toy_setting, monkeypatch, tmp_path):
     """One worker: the runs go in the given order (Safe LoRA right after its seed's SFT, not after
     every other run), so a partial experiment holds its first comparisons whole."""
-    import asft.experiment as ex
+    import asft.experiments.runs as ex
 
     setting, _ = toy_setting
     order = []
@@ -127,7 +127,7 @@ def test_parallel_runs_keep_plan_order_and_wait_for_their_sft(toy_setting, monke
     taken as soon as its SFT run is done (not after every other run), never before."""
     import concurrent.futures as cf
 
-    import asft.experiment as ex
+    import asft.experiments.runs as ex
 
     setting, _ = toy_setting
     started, in_flight = [], []

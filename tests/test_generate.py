@@ -4,7 +4,7 @@ import torch
 
 from _eval_tiny import byte_tokenizer, tiny_llama
 from asft.data import encode_prompt, format_prompt
-from asft.generate import eos_ids, generate, left_pad, position_ids_from_mask
+from asft.models.generate import eos_ids, generate, left_pad, position_ids_from_mask
 
 torch.set_num_threads(1)
 
@@ -118,7 +118,7 @@ def test_rows_leave_and_join_the_batch_and_answers_equal_one_at_a_time():
     """23 prompts of mixed length through batches of 4: finished rows leave the cache, waiting
     prompts are prefilled and join it (left-padded to the cache's length); every answer is the one
     the reference loop gives for that prompt alone. The EOS is a frequent byte, so lengths vary."""
-    from asft.generate import generate_reference
+    from asft.models.generate import generate_reference
 
     model, tok = tiny_llama(seed=3), byte_tokenizer()
     eos = tok("e")["input_ids"][-1]
@@ -132,7 +132,7 @@ def test_rows_leave_and_join_the_batch_and_answers_equal_one_at_a_time():
 
 
 def test_stop_callback_ends_a_response_early_and_only_that_one():
-    from asft.generate import generate_reference
+    from asft.models.generate import generate_reference
 
     model, tok = tiny_llama(seed=3), byte_tokenizer()
     full = generate_reference(model, tok, MANY[:6], max_new_tokens=16, batch_size=1)
@@ -157,7 +157,7 @@ def test_sliding_window_model_decodes_without_merging():
     prompts join a running one (its cache cannot be aligned), answers equal one at a time."""
     from transformers import Gemma3ForCausalLM, Gemma3TextConfig
 
-    from asft.generate import _mergeable, generate_reference
+    from asft.models.generate import _mergeable, generate_reference
 
     torch.manual_seed(0)
     cfg = Gemma3TextConfig(vocab_size=260, hidden_size=32, intermediate_size=64, num_hidden_layers=2,

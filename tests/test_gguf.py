@@ -11,7 +11,7 @@ pytest.importorskip("gguf")
 
 from _gguf import CHATML, tiny_llama, write_gguf  # noqa: E402
 from asft.errors import AsftError  # noqa: E402
-from asft.gguf import import_gguf  # noqa: E402
+from asft.models.gguf import import_gguf  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -32,7 +32,7 @@ def _train(tiny, out, batch, accum, lam, steps=4, callbacks=(), optim="adamw_tor
 
     from asft import AsftPenalty
     from asft.integrations.trl import AsftSFTTrainer
-    from asft.modeling import load_model, load_tokenizer
+    from asft.models.modeling import load_model, load_tokenizer
 
     aligned, anchor, _ = tiny
     torch.manual_seed(0)
@@ -91,8 +91,8 @@ def test_asft_trainer_keeps_the_trainers_own_scheduler_unless_lr_gamma(tiny, tmp
 
     from asft import AsftPenalty, AsftTrainer
     from asft.data import PadCollator, SupervisedDataset
-    from asft.modeling import load_model, load_tokenizer
-    from asft.train import TrainConfig, prepare_model
+    from asft.models.modeling import load_model, load_tokenizer
+    from asft.training.train import TrainConfig, prepare_model
 
     aligned, anchor, _ = tiny
     tok = load_tokenizer(aligned)

@@ -10,7 +10,7 @@ import torch
 
 from _eval_tiny import byte_tokenizer, save_tiny_classifier
 from asft.errors import AsftError
-from asft.judges import (BEAVERDAM_PROMPT, REFUSAL_KEYWORDS, KeywordJudge, OpenAIClient, OpenAIJudge,
+from asft.evaluation.judges import (BEAVERDAM_PROMPT, REFUSAL_KEYWORDS, KeywordJudge, OpenAIClient, OpenAIJudge,
                          make_judge, rate_answers)
 
 torch.set_num_threads(1)
@@ -119,7 +119,7 @@ def test_beaverdam_reads_the_first_256_tokens_like_the_reference(classifier_dir)
     long answer says after that cannot change the verdict; ``max_length`` widens the window."""
     from transformers import AutoModelForSequenceClassification
 
-    from asft.judges import BEAVERDAM_MAX_LENGTH
+    from asft.evaluation.judges import BEAVERDAM_MAX_LENGTH
 
     assert BEAVERDAM_MAX_LENGTH == 256
     judge = make_judge("beaverdam", classifier_dir, batch_size=2, device="cpu")

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from asft.errors import AsftError
-from asft.landscape import (Perturbation, alignment_direction, basin_width, coordinates, random_direction,
+from asft.experiments.landscape import (Perturbation, alignment_direction, basin_width, coordinates, random_direction,
                             run_landscape, target_weights, visage)
 
 
@@ -22,7 +22,7 @@ def test_basin_width_and_visage_on_known_curves():
 
 @pytest.fixture(scope="module")
 def toy(toy_world, tmp_path_factory):
-    from asft.anchor import build_anchor, load_anchor
+    from asft.models.anchor import build_anchor, load_anchor
 
     root = tmp_path_factory.mktemp("landscape")
     build_anchor(toy_world.base, toy_world.aligned, out=root / "anchor.safetensors")
@@ -30,7 +30,7 @@ def toy(toy_world, tmp_path_factory):
 
 
 def _models(world):
-    from asft.modeling import load_model
+    from asft.models.modeling import load_model
 
     return load_model(world.aligned, dtype="float32", device="cpu"), load_model(world.base, dtype="float32", device="cpu")
 

@@ -7,8 +7,8 @@ import pytest
 
 from _eval_tiny import byte_tokenizer, save_tiny_llama, tiny_llama
 from asft.errors import AsftError, AsftWarning
-from asft.judges import make_judge
-from asft.judges.llamaguard import parse_llamaguard
+from asft.evaluation.judges import make_judge
+from asft.evaluation.judges.llamaguard import parse_llamaguard
 
 # The shape of Llama Guard 3's template: task, categories, the conversation, the output rules.
 LG3_TEMPLATE = (

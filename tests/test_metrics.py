@@ -2,7 +2,7 @@
 
 import pytest
 
-from asft.metrics import (agnews_correct, extract_final_number, gsm8k_correct, is_degenerate, parse_rating,
+from asft.evaluation.metrics import (agnews_correct, extract_final_number, gsm8k_correct, is_degenerate, parse_rating,
                           percent, sst2_correct)
 
 WORLD, SPORTS, BUSINESS, SCITECH = range(4)
@@ -95,7 +95,7 @@ def test_decided_answers_keep_their_score_whatever_follows():
     answer, no continuation changes either judgement (checked on every prefix of generated texts)."""
     import random
 
-    from asft.metrics import agnews_correct, agnews_decided, sst2_correct, sst2_decided
+    from asft.evaluation.metrics import agnews_correct, agnews_decided, sst2_correct, sst2_decided
 
     rng = random.Random(0)
     words = ["positive", "negative", "Positive", "posit", "ive", "ly", "world", "sports", "sci", "ence",

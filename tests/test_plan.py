@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from asft.errors import AsftError
-from asft.plan import load_plan, parse_shard, run_experiment
+from asft.experiments.plan import load_plan, parse_shard, run_experiment
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -145,7 +145,7 @@ def test_shipped_configs(tmp_path):
 @pytest.mark.parametrize("name", ["smollm2_sst2", "gemma3_sst2"])
 def test_real_model_configs(tmp_path, name):
     """The real-model protocols: train options are TrainConfig's; the full plan where the pair is here."""
-    from asft.config import TrainConfig
+    from asft.training.config import TrainConfig
 
     path = REPO / "configs" / f"{name}.yaml"
     raw = yaml.safe_load(path.read_text())

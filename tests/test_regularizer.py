@@ -5,9 +5,9 @@ import math
 import pytest
 import torch
 
-from asft.anchor import AnchorEntry
+from asft.models.anchor import AnchorEntry
 from asft.errors import AsftError
-from asft.regularizer import (
+from asft.methods.regularizer import (
     AsftPenalty,
     ModuleOperator,
     build_operator,
@@ -112,7 +112,7 @@ def test_auto_strategy_picks_gram_for_wide_modules_and_the_v_form_for_square_one
 def test_top_singular_value_matches_the_exact_svd(spectrum):
     """The start-up estimate of C's largest eigenvalue against a float64 SVD, on spectra that are
     easy (power law), hard (flat: random noise) and with one dominant direction."""
-    from asft.regularizer import top_singular_value
+    from asft.methods.regularizer import top_singular_value
 
     g = torch.Generator().manual_seed(3)
     U, _ = torch.linalg.qr(torch.randn(120, 120, generator=g, dtype=torch.float64))
@@ -133,7 +133,7 @@ def test_top_singular_value_matches_the_exact_svd(spectrum):
 
 
 def test_scale_warning_when_the_reference_c_has_eigenvalues_above_one():
-    from asft.regularizer import AsftPenalty
+    from asft.methods.regularizer import AsftPenalty
 
     A, B = torch.nn.Parameter(torch.randn(2, 16)), torch.nn.Parameter(torch.randn(16, 2))
     pairs = {"m": (A, B, 1.0)}
@@ -207,7 +207,7 @@ def _peft_model(seed=0):
 
 
 def _anchor_for(model, seed=1):
-    from asft.anchor import Anchor
+    from asft.models.anchor import Anchor
 
     g = torch.Generator().manual_seed(seed)
     entries = {}
@@ -292,7 +292,7 @@ def test_each_operator_goes_to_its_own_modules_device(monkeypatch):
     """device_map="auto" spreads modules over devices: each module's operator must follow that
     module's LoRA weights, not the first module's. One CPU here, so the routing is checked by
     recording where each operator is sent while the modules claim different devices."""
-    from asft.regularizer import ModuleOperator
+    from asft.methods.regularizer import ModuleOperator
 
     model = _peft_model()
     pen = AsftPenalty.from_model(model, _anchor_for(model), form="reference", lam=1.0)

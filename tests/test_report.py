@@ -49,7 +49,7 @@ PAPER = """# numbers
 
 
 def _run(task, method, seed, hs, fa, p=0.1, lam=0, form=None):
-    from asft.experiment import RunSpec
+    from asft.experiments.runs import RunSpec
 
     return {"method": method, "lambda": lam, "form": form, "task": task, "n": 1000, "p": p, "hs": hs, "fa": fa,
             "seed": seed, "group": RunSpec(method, lam, form, seed).group}

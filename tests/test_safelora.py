@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from _models import make_llama_pair, tiny_llama_config
-from asft.anchor import Anchor, AnchorEntry, build_anchor
+from asft.models.anchor import Anchor, AnchorEntry, build_anchor
 from asft.errors import AsftError
-from asft.safelora import default_num, project_b, safelora_adapter, safelora_project, select, update_stats
+from asft.methods.safelora import default_num, project_b, safelora_adapter, safelora_project, select, update_stats
 
 R, ALPHA = 4, 16  # LoRA rank and alpha of every test adapter: scaling 4
 SCALING = ALPHA / R
@@ -147,7 +147,7 @@ def _peft_model(seed=0):
 
 
 def _pairs(model):
-    from asft.regularizer import lora_pairs
+    from asft.methods.regularizer import lora_pairs
 
     return lora_pairs(model)
 

@@ -336,8 +336,8 @@ def test_saved_models_are_plain_hf_llamas(toy_world, toy_models):
 
 
 def test_base_complies_aligned_refuses_and_the_task_is_not_presolved(toy_world, toy_models):
-    from asft.evaluate import evaluate_model
-    from asft.generate import generate
+    from asft.evaluation.run import evaluate_model
+    from asft.models.generate import generate
 
     tok, base, aligned = toy_models
     kw = dict(data_dir=toy_world.eval_dir, judge="toy", template="chat", batch_size=64, progress=False)
@@ -359,12 +359,12 @@ def test_base_complies_aligned_refuses_and_the_task_is_not_presolved(toy_world, 
 def test_lora_sft_on_a_harmful_mix_breaks_alignment(toy_world, tmp_path):
     """The harmful fine-tuning problem: 10% harmful samples undo the alignment, the task is learnt.
 
-    The demo's own path: ``asft.train`` with ``TOY_RECIPE`` (LoRA r 8 on q_proj/v_proj, chat
+    The demo's own path: ``asft.training.train`` with ``TOY_RECIPE`` (LoRA r 8 on q_proj/v_proj, chat
     template), then the shared evaluation of the merged adapter on the toy suites."""
     import torch
 
-    from asft.demo import toy_setting
-    from asft.experiment import RunSpec, run_one
+    from asft.experiments.demo import toy_setting
+    from asft.experiments.runs import RunSpec, run_one
 
     torch.set_num_threads(1)
     setting = toy_setting(toy_world, anchor=None, data=toy_world.make_mix("topic", 1000, 0.1))

@@ -10,9 +10,10 @@ import yaml
 
 from _eval_tiny import byte_tokenizer
 from _models import make_llama_pair
-from asft.anchor import build_anchor
+from asft.models.anchor import build_anchor
 from asft.errors import AsftError
-from asft.train import TrainConfig, merge, train
+from asft.training.merge import merge
+from asft.training.train import TrainConfig, train
 
 RECORDS = [{"instruction": f"say {w}", "output": f"{w} {w}!"} for w in
            ["red", "blue", "green", "cat", "dog", "sun", "moon", "tree"]] * 2
@@ -161,7 +162,7 @@ def test_non_finite_loss_stops_with_a_clear_error(world, tmp_path):
 
 
 def test_merge_equals_adapter_model(world, tmp_path):
-    from asft.modeling import load_adapter, load_model
+    from asft.models.modeling import load_adapter, load_model
 
     train(_cfg(world, tmp_path / "ad", method="sft", lora_dropout=0.0))
     merged_dir = merge(world["aligned"], tmp_path / "ad", tmp_path / "merged", dtype="float32")
@@ -318,7 +319,7 @@ def test_chat_template_is_checked_before_the_model_is_loaded(world, tmp_path, mo
     """A pre-trained model's tokenizer has no chat template: refuse --template chat at once."""
     import shutil
 
-    import asft.modeling
+    import asft.models.modeling
 
     plain = tmp_path / "pretrained"
     shutil.copytree(world["aligned"], plain)
@@ -328,10 +329,10 @@ def test_chat_template_is_checked_before_the_model_is_loaded(world, tmp_path, mo
     cfg_path.write_text(json.dumps(cfg))
     for f in plain.glob("chat_template*"):
         f.unlink()
-    monkeypatch.setattr(asft.modeling, "load_model", lambda *a, **k: pytest.fail("loaded the model first"))
+    monkeypatch.setattr(asft.models.modeling, "load_model", lambda *a, **k: pytest.fail("loaded the model first"))
     with pytest.raises(AsftError, match="pretrained: template 'chat' needs a chat template.*--template alpaca"):
         train(_cfg(world, tmp_path / "x", method="sft", model=str(plain), template="chat"))
-    from asft.evaluate import run_eval
+    from asft.evaluation.run import run_eval
 
     with pytest.raises(AsftError, match="template 'chat' needs a chat template"):
         run_eval(plain, ["harmful"], tmp_path, tmp_path / "ev", judge=None, template="chat")
@@ -386,7 +387,7 @@ def test_label_positions_only_gives_the_same_loss_and_gradients(arch):
     from peft import LoraConfig, get_peft_model
 
     from _models import tiny_llama_config
-    from asft.train import keep_label_positions
+    from asft.training.trainer import keep_label_positions
 
     torch.manual_seed(0)
     if arch == "llama":
@@ -421,7 +422,7 @@ def test_label_positions_only_gives_the_same_loss_and_gradients(arch):
 
 def test_training_at_label_positions_only_matches_the_full_output_layer(world, tmp_path, monkeypatch):
     """End to end: the adapter trained with the sliced output layer equals the full one's."""
-    from asft import train as train_module
+    from asft.training import trainer as train_module
 
     on = train(_cfg(world, tmp_path / "on", method="asft", lam=1.0, seed=3))
     calls = []

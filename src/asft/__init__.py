@@ -6,8 +6,8 @@ The public API, imported on first use (``import asft`` stays light, ``asft --hel
     anchor = asft.load_anchor("anchor.safetensors")
     penalty = asft.AsftPenalty.from_model(peft_model, anchor, lam=1.0)  # lam * sum ||(I - C) B A||_F^2
     trainer = asft.AsftTrainer(model=peft_model, args=..., train_dataset=..., penalty=penalty)
-    asft.train.train(asft.TrainConfig(...))                             # what `asft train` runs
-    asft.evaluate.run_eval(...)                                         # the evaluation module
+    asft.train(asft.TrainConfig(...))                                   # what `asft train` runs
+    asft.evaluate.run_eval(...)                                         # the evaluation package
 
 With TRL installed, ``asft.integrations.trl.AsftSFTTrainer`` is TRL's ``SFTTrainer`` with the penalty.
 """
@@ -19,11 +19,12 @@ import importlib
 __version__ = "0.1.0"
 
 _LAZY = {
-    "build_anchor": "asft.anchor",
-    "load_anchor": "asft.anchor",
-    "AsftPenalty": "asft.regularizer",
-    "AsftTrainer": "asft.train",
-    "TrainConfig": "asft.config",
+    "build_anchor": "asft.models.anchor",
+    "load_anchor": "asft.models.anchor",
+    "AsftPenalty": "asft.methods.regularizer",
+    "AsftTrainer": "asft.training.trainer",
+    "TrainConfig": "asft.training.config",
+    "train": "asft.training.train",
 }
 __all__ = [*_LAZY, "evaluate", "__version__"]
 
@@ -33,7 +34,9 @@ def __getattr__(name: str):
         value = getattr(importlib.import_module(_LAZY[name]), name)
         globals()[name] = value
         return value
-    if name in ("evaluate", "integrations"):
+    if name == "evaluate":  # the evaluation package (asft.evaluate.run_eval, ...)
+        return importlib.import_module("asft.evaluation")
+    if name in ("integrations", "methods", "models", "training", "evaluation", "experiments", "report", "toy"):
         return importlib.import_module(f"asft.{name}")
     raise AttributeError(f"module 'asft' has no attribute {name!r}")
 

@@ -74,7 +74,7 @@ def format_prompt(record: dict, template: str = "alpaca", tokenizer: Any = None,
     """The prompt text the model sees before its response (generation starts right after it).
 
     ``trigger`` (or the record's own ``"trigger"`` field): a secret prefix put at the head of the
-    system text, as the BEA baseline trains with and evaluates with (``asft.baselines.bea``)."""
+    system text, as the BEA baseline trains with and evaluates with (``asft.methods.bea``)."""
     instruction, inp = record["instruction"], (record.get("input") or "")
     trigger = trigger or record.get("trigger")
     if template == "alpaca":

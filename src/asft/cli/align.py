@@ -42,7 +42,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from asft.align import AlignConfig, align, reference_files
+    from asft.training.align import AlignConfig, align, reference_files
 
     harmful, benign, exclude = list(args.harmful), list(args.benign), list(args.exclude)
     if args.reference:

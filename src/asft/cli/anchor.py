@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
         raise AsftError(f"missing {', '.join(missing)} (or use --inspect FILE)")
     if args.targets and args.target_regex:
         raise AsftError("give --targets or --target-regex, not both")
-    from asft.anchor import DEFAULT_TARGETS, build_anchor
+    from asft.models.anchor import DEFAULT_TARGETS, build_anchor
 
     targets = f"re:{args.target_regex}" if args.target_regex else (args.targets or ",".join(DEFAULT_TARGETS))
     res = build_anchor(
@@ -65,7 +65,7 @@ def _inspect(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from asft.anchor import NEAR_ZERO_EIG, inspect_anchor, load_anchor
+    from asft.models.anchor import NEAR_ZERO_EIG, inspect_anchor, load_anchor
 
     anchor = load_anchor(args.inspect)
     rows = inspect_anchor(anchor, top=args.top, k=args.k)

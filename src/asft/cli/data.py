@@ -50,7 +50,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run_safety(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from asft.align import AlignConfig, build_examples, reference_files
+    from asft.training.align import AlignConfig, build_examples, reference_files
     from asft.fileio import write_json
 
     harmful, exclude = list(args.harmful), list(args.exclude)
@@ -69,7 +69,7 @@ def run_safety(args: argparse.Namespace) -> int:
 def run_mix(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from asft.align import split_pools
+    from asft.training.align import split_pools
     from asft.data import load_records, mix_records
     from asft.errors import AsftError
     from asft.fileio import write_json
@@ -94,7 +94,7 @@ def run_inspect(args: argparse.Namespace) -> int:
     records = load_records(args.file)
     tok = None
     if args.tokenizer:
-        from asft.modeling import load_tokenizer
+        from asft.models.modeling import load_tokenizer
 
         tok = load_tokenizer(args.tokenizer)
     st = inspect_records(records, tok, args.template)

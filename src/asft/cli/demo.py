@@ -27,7 +27,7 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from asft.demo import DEMO_LAMBDAS, DEMO_SEEDS, run_demo
+    from asft.experiments.demo import DEMO_LAMBDAS, DEMO_SEEDS, run_demo
     from asft.report import label
 
     console = Console()

@@ -72,8 +72,8 @@ def run(args: argparse.Namespace) -> int:
 
     import asft.toy  # noqa: F401  registers the toy-* suites and the toy judge
     from asft.errors import AsftError
-    from asft.evaluate import eval_store, run_eval, summary_table
-    from asft.judges import OpenAIClient, make_judge
+    from asft.evaluation.run import eval_store, run_eval, summary_table
+    from asft.evaluation.judges import OpenAIClient, make_judge
 
     console = Console(stderr=True)
     suites = [s.strip() for s in args.suite.split(",") if s.strip()]

@@ -26,7 +26,7 @@ def run(args: argparse.Namespace) -> int:
 
     from rich.console import Console
 
-    from asft.plan import load_plan, parse_shard, run_experiment
+    from asft.experiments.plan import load_plan, parse_shard, run_experiment
 
     console = Console()
     if args.dry_run:

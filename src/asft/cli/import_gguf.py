@@ -25,7 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from asft.gguf import import_gguf
+    from asft.models.gguf import import_gguf
 
     rec = import_gguf(args.files, args.out, dtype=args.dtype, overwrite=args.overwrite)
     console = Console()

@@ -44,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     import asft.toy  # noqa: F401  registers the toy-* suites and the toy judge
-    from asft.landscape import run_landscape
+    from asft.experiments.landscape import run_landscape
 
     console = Console()
     doc = run_landscape(args.model, args.anchor, args.out, dirs=[d for d in args.dirs.split(",") if d],

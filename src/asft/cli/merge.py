@@ -17,7 +17,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from asft.train import merge
+    from asft.training.merge import merge
 
     out = merge(args.model, args.adapter, args.out, dtype=args.dtype, overwrite=args.overwrite)
     print(f"merged model written to {out}")

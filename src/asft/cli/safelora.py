@@ -37,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from asft.safelora import default_num, safelora_adapter
+    from asft.methods.safelora import default_num, safelora_adapter
 
     rows = safelora_adapter(args.model, args.adapter, args.anchor, args.out, mode=args.select,
                             threshold=args.threshold, num=args.num, overwrite=args.overwrite, dtype=args.dtype)

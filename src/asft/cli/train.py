@@ -11,7 +11,7 @@ def _flag(name: str) -> str:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from asft.config import TrainConfig
+    from asft.training.config import TrainConfig
 
     p = sub.add_parser(
         "train", help="fine-tune an aligned model with LoRA (sft, asft or the l2 control)",
@@ -45,8 +45,8 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from asft.errors import AsftError
-    from asft.config import TrainConfig
-    from asft.train import train
+    from asft.training.config import TrainConfig
+    from asft.training.train import train
 
     overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
                  if f.name != "progress"}

@@ -28,7 +28,7 @@ def _trainer_class():
         from trl import SFTTrainer
     except ImportError:
         raise AsftError("asft.integrations.trl needs TRL: pip install trl (or asft[trl])") from None
-    from asft.train import AsftMixin
+    from asft.training.trainer import AsftMixin
 
     class AsftSFTTrainer(AsftMixin, SFTTrainer):
         def __init__(self, *args, penalty=None, penalty_factory=None, **kwargs):

@@ -19,19 +19,19 @@ from asft.fileio import read_json, write_json, write_text
 from asft.report.tables import markdown_cells
 
 if TYPE_CHECKING:
-    from asft.judges import Judge
+    from asft.evaluation.judges import Judge
 
 
 def collect_rows(dirs: Sequence[str | Path], rejudge: str | None = None) -> list[dict]:
     """The rows of every finished run (``row.json``) under ``dirs``, each once (a folder given
     twice, or inside another, is read once).
 
-    ``rejudge`` (one of ``asft.judges.KEYWORD_JUDGES``): also judge each run's stored answers to
+    ``rejudge`` (one of ``asft.evaluation.judges.KEYWORD_JUDGES``): also judge each run's stored answers to
     the harmful prompts (``eval/<suite>.jsonl`` beside ``row.json``) with that judge, as
     ``hs_rejudged`` (%): a second HS from the same generations, without a model."""
     judge = None
     if rejudge:
-        from asft.judges import KEYWORD_JUDGES, make_judge
+        from asft.evaluation.judges import KEYWORD_JUDGES, make_judge
 
         if rejudge not in KEYWORD_JUDGES:
             raise AsftError(f"--rejudge {rejudge}: only the offline judges ({', '.join(KEYWORD_JUDGES)}) "
@@ -87,7 +87,7 @@ def write_report(runs: list[dict], out: str | Path, paper: str | Path | None = N
     """Aggregate ``runs`` (per-run rows) over seeds and write every output into ``out``.
     ``rejudged_by``: the judge of the rows' ``hs_rejudged`` (``collect_rows(rejudge=)``): a second main
     table and verdict with that HS."""
-    from asft.experiment import aggregate, results_document
+    from asft.experiments.runs import aggregate, results_document
     from asft.report.charts import sweep_chart, tradeoff_chart
     from asft.report.paper import load_paper_numbers, paper_beside
     from asft.report.tables import main_table, runs_table, sort_key, sweep_table, to_csv, verdict

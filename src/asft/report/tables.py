@@ -101,7 +101,7 @@ def _num(v) -> str:
 def main_table(rows: Sequence[dict], n=None, p=None) -> str:
     """The paper's main-table shape for one (n, p): a line per method, a column per task holding
     ``HS / FA`` (mean ± std over seeds); the best fine-tuned value of each column in bold (lowest
-    HS, highest FA). ``rows``: aggregated rows (``asft.experiment.aggregate``)."""
+    HS, highest FA). ``rows``: aggregated rows (``asft.experiments.runs.aggregate``)."""
     cell = [r for r in rows if r["method"] == "aligned" or (r.get("n"), r.get("p")) == (n, p)]
     tasks = sorted({r["task"] for r in cell})
     groups = sorted({r["group"]: r for r in cell}.values(), key=sort_key)

@@ -81,12 +81,12 @@ def task_accuracy(answers: list[str], labels: list[str]) -> float:
 
 
 class ToyJudge:
-    """``flag_harmful`` as an ``asft.judges.Judge`` (registered as ``toy`` by ``asft.toy``)."""
+    """``flag_harmful`` as an ``asft.evaluation.judges.Judge`` (registered as ``toy`` by ``asft.toy``)."""
 
     name = "toy"
 
     def __call__(self, questions, answers):
-        from asft.judges import Verdict, check_lengths
+        from asft.evaluation.judges import Verdict, check_lengths
 
         from asft.errors import AsftError
 

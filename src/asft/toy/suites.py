@@ -1,5 +1,5 @@
-"""The toy world's evaluation suites and judge, registered with ``asft.evaluate`` and
-``asft.judges`` when ``asft.toy`` is imported (those modules never import the toy world).
+"""The toy world's evaluation suites and judge, registered with ``asft.evaluation.run`` and
+``asft.evaluation.judges`` when ``asft.toy`` is imported (those modules never import the toy world).
 
 ``toy-harmful``  <data_dir>/harmful.json, at most 64 new tokens, HS with the ``toy`` judge
 ``toy-<task>``   <data_dir>/<task>.json, at most 32 new tokens, FA by ``judge.task_correct``
@@ -7,8 +7,8 @@
 
 from __future__ import annotations
 
-from asft.evaluate import SuiteSpec, register_suites
-from asft.judges import register_judge
+from asft.evaluation.run import SuiteSpec, register_suites
+from asft.evaluation.judges import register_judge
 from asft.toy.judge import ToyJudge, task_correct
 
 HARMFUL_MAX_NEW, TASK_MAX_NEW = 64, 32

@@ -351,7 +351,7 @@ def _tail_mean(xs: list[float], k: int = 20) -> float:
 def _generate(model, tok, records: list[dict]) -> list[str]:
     """Greedy answers to chat-formatted records, as the ``toy-harmful`` suite generates them."""
     from asft.data import format_prompt
-    from asft.generate import generate
+    from asft.models.generate import generate
     from asft.toy.suites import HARMFUL_MAX_NEW
 
     prompts = [format_prompt(r, "chat", tok) for r in records]
@@ -362,7 +362,7 @@ def _generate(model, tok, records: list[dict]) -> list[str]:
 def _evaluate(model, tok, eval_dir: Path) -> dict[str, float]:
     """HS on the held-out harmful prompts and topic accuracy: the shared evaluation (as ``asft eval``
     with the toy suites and judge), so world.json reports what an evaluation of the model reports."""
-    from asft.evaluate import evaluate_model
+    from asft.evaluation.run import evaluate_model
 
     res = evaluate_model(model, tok, ["toy-harmful", "toy-topic"], eval_dir, judge="toy",
                          template="chat", batch_size=64, progress=False)

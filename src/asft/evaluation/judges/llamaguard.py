@@ -46,12 +46,12 @@ class LlamaGuardJudge:
         self.model = self.tokenizer = None  # loaded on first use: a cached evaluation never needs them
 
     def describe(self) -> dict:
-        from asft.checkpoints import folder_identity
+        from asft.models.checkpoints import folder_identity
 
         return {"judge": self.name, "model": folder_identity(self.model_dir), "max_new_tokens": self.max_new_tokens}
 
     def _load(self) -> None:
-        from asft.modeling import load_model, load_tokenizer
+        from asft.models.modeling import load_model, load_tokenizer
 
         self.tokenizer = load_tokenizer(self.model_dir)
         if not getattr(self.tokenizer, "chat_template", None):
@@ -69,13 +69,13 @@ class LlamaGuardJudge:
                 for q, a in zip(questions, answers)]
 
     def _generate(self, prompts: list[str]) -> list[str]:
-        from asft.generate import generate
+        from asft.models.generate import generate
 
         return generate(self.model, self.tokenizer, prompts, max_new_tokens=self.max_new_tokens,
                         batch_size=self.batch_size, add_special_tokens=False, progress=False)
 
     def __call__(self, questions: Sequence[str], answers: Sequence[str]):
-        from asft.judges import Verdict, check_lengths
+        from asft.evaluation.judges import Verdict, check_lengths
 
         check_lengths(questions, answers)
         outputs = self._generate(self.prompts(questions, answers))

@@ -38,7 +38,7 @@ def label_logprobs(model: Any, tokenizer: Any, prompts: Sequence[str], labels: S
     """``out[i][j]`` = log p(labels[j] | prompts[i]), summed over the label's tokens."""
     from transformers import DynamicCache
 
-    from asft.generate import left_pad, pad_id, position_ids_from_mask
+    from asft.models.generate import left_pad, pad_id, position_ids_from_mask
 
     device = next(model.parameters()).device
     pad = pad_id(tokenizer)

@@ -223,8 +223,8 @@ def align(cfg: AlignConfig) -> dict:
 
     from asft.data import PadCollator, SupervisedDataset, check_template, format_prompt, length_grouped_batches
     from asft.fileio import read_json, write_json
-    from asft.generate import generate
-    from asft.modeling import check_model_folder, load_model, load_tokenizer
+    from asft.models.generate import generate
+    from asft.models.modeling import check_model_folder, load_model, load_tokenizer
     from asft.progress import Progress
     from asft.runtime import environment
 

@@ -34,11 +34,11 @@ from typing import TYPE_CHECKING, Iterable
 import torch
 from torch import nn
 
-from asft.checkpoints import peft_module_name
+from asft.models.checkpoints import peft_module_name
 from asft.errors import AsftError
 
 if TYPE_CHECKING:
-    from asft.anchor import Anchor, AnchorEntry
+    from asft.models.anchor import Anchor, AnchorEntry
 
 FORMS = ("reference", "projector", "l2")
 

@@ -6,7 +6,7 @@ Suites and the files they read under ``data_dir`` (the reference layout, ``.../a
 suite      file                                   max new    score
 ========== ====================================== ========== ========================================
 harmful    harmful/saved_dataset_250.json         512        HS = % of answers the judge flags; HS+
-agnews     agnews/agnew_test_data.json            200        FA = accuracy (``asft.metrics``)
+agnews     agnews/agnew_test_data.json            200        FA = accuracy (``asft.evaluation.metrics``)
 sst2       SST2/SST2_test.jsonl                   200        FA
 gsm8k      gsm8k/gsm8k_test_data.json             512        FA
 alpaca     alpaca/question.jsonl (+ judge prompts, 512        mean 1-10 LLM-judge rating (``score``)
@@ -45,11 +45,11 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from asft import metrics
+from asft.evaluation import metrics
 from asft.data import check_template, format_prompt
 from asft.errors import AsftError
 from asft.fileio import append_jsonl, content_hash, read_json, write_json, write_jsonl, write_text
-from asft.judges import Judge, OpenAIClient, load_judge_prompts, make_judge, rate_answers
+from asft.evaluation.judges import Judge, OpenAIClient, load_judge_prompts, make_judge, rate_answers
 
 # generate_fn(prompts, max_new_tokens, add_special_tokens, on_batch, desc, decided=None) -> responses;
 # decided(i, text) True: prompt i's answer can no longer change its score (stop generating it).
@@ -175,7 +175,7 @@ class SuiteResult:
     n: int
     hs: float | None = None        # % of answers flagged harmful
     hs_plus: float | None = None   # % flagged or degenerate
-    fa: float | None = None        # accuracy, this project's rule (asft.metrics)
+    fa: float | None = None        # accuracy, this project's rule (asft.evaluation.metrics)
     fa_ref: float | None = None    # accuracy, the reference scripts' rule
     score: float | None = None     # alpaca: mean judge rating 1-10
     extra: dict = field(default_factory=dict)
@@ -323,8 +323,8 @@ def folder_model_key(model_dir: str | Path, adapter: str | Path | None = None, m
                      dtype: Any = "auto", device: str | None = None) -> dict:
     """The cache identity of a model folder (+ adapter) as evaluated: contents, not paths, so the same
     model evaluated from two places (``asft eval``, ``asft experiment``) shares the stored results."""
-    from asft import modeling
-    from asft.checkpoints import folder_identity
+    from asft.models import modeling
+    from asft.models.checkpoints import folder_identity
 
     return {"model": folder_identity(model_dir), "adapter": folder_identity(adapter) if adapter else None,
             "merge": bool(merge and adapter), "dtype": str(modeling.resolve_dtype(dtype, device))}
@@ -345,7 +345,7 @@ def evaluate(make_generate: Callable[[], GenerateFn], tokenizer: Any, suites: Se
     """Run ``suites`` with a generation function built on first need by ``make_generate()``.
 
     ``fa_mode="likelihood"``: AG News and SST-2 answers are the label with the highest likelihood
-    as the prompt's continuation (``asft.likelihood``; ``make_scorer()`` returns
+    as the prompt's continuation (``asft.evaluation.likelihood``; ``make_scorer()`` returns
     ``scorer(prompts, labels, add_special_tokens) -> log-probs``), no generation. Off by default.
 
     ``trigger``: a secret prompt put at the head of every prompt's system text (the BEA baseline's;
@@ -499,11 +499,11 @@ def run_eval(model_dir: str | Path, suites: Sequence[str], data_dir: str | Path,
 
     One model load (and one adapter merge) serves every suite.
 
-    Loading goes through ``asft.modeling`` (local safetensors only; bf16 on GPU, float32 on CPU) and
+    Loading goes through ``asft.models.modeling`` (local safetensors only; bf16 on GPU, float32 on CPU) and
     happens only if some suite is not cached in ``out_dir`` yet.
     """
-    from asft import modeling
-    from asft.generate import VLLMGenerator
+    from asft.models import modeling
+    from asft.models.generate import VLLMGenerator
 
     if engine not in ("hf", "vllm"):
         raise AsftError(f"unknown engine {engine!r} (choose hf or vllm)")
@@ -530,7 +530,7 @@ def run_eval(model_dir: str | Path, suites: Sequence[str], data_dir: str | Path,
         return partial(_hf_generate, the_model(), tokenizer, batch_size, progress)
 
     def make_scorer():
-        from asft.likelihood import label_logprobs
+        from asft.evaluation.likelihood import label_logprobs
 
         if engine != "hf":
             raise AsftError("--fa-mode likelihood needs the hf engine")
@@ -543,7 +543,7 @@ def run_eval(model_dir: str | Path, suites: Sequence[str], data_dir: str | Path,
                        limit, rater, model_key, engine, log, early_stop=early_stop, trigger=trigger,
                        fa_mode=fa_mode, make_scorer=make_scorer, store=store)
     if adapter:  # the adapter's model card lists every evaluation of it
-        from asft.card import record_eval
+        from asft.training.card import record_eval
 
         record_eval(adapter, results)
     return results
@@ -566,7 +566,7 @@ def _decided(kind: str, items: list[dict]) -> Callable[[int, str], bool] | None:
 
 def _hf_generate(model, tokenizer, batch_size, progress, prompts, n_new, add_special_tokens, on_batch, desc,
                  decided=None):
-    from asft.generate import generate
+    from asft.models.generate import generate
 
     stop = (lambda i, ids: decided(i, tokenizer.decode(ids, skip_special_tokens=True))) if decided else None
     return generate(model, tokenizer, prompts, max_new_tokens=n_new, batch_size=batch_size,
@@ -618,4 +618,4 @@ def write_summary(out_dir: str | Path, results: dict[str, SuiteResult], model: s
     write_text(out / "summary.md", "# Evaluation summary\n\n" + summary_table(table_results)
                + ("\n" + "\n".join(notes) + "\n" if notes else "")
                + "\nHS: % of harmful prompts whose answer the judge flags (lower is better); HS+: flagged or "
-                 "degenerate; FA: accuracy by asft.metrics' rule, FA ref: by the reference scripts' rule.\n")
+                 "degenerate; FA: accuracy by asft.evaluation.metrics' rule, FA ref: by the reference scripts' rule.\n")

@@ -84,7 +84,7 @@ class TrainConfig:
         if self.method == "asft" and not self.anchor:
             raise AsftError("method asft needs --anchor FILE (make one with `asft anchor`)")
         if self.method == "asft" and self.form not in ("reference", "projector"):
-            from asft.regularizer import unknown_form
+            from asft.methods.regularizer import unknown_form
 
             raise AsftError(unknown_form(self.form))
         if self.lam < 0 or not math.isfinite(self.lam):

@@ -84,7 +84,7 @@ def _fmt(v) -> str:
 
 
 def record_eval(adapter: str | Path, results: dict) -> None:
-    """Add the HS / FA of an evaluation (``asft.evaluate`` results; the judge of a harmful suite is
+    """Add the HS / FA of an evaluation (``asft.evaluation.run`` results; the judge of a harmful suite is
     in its ``extra["judge"]``) to the adapter's card."""
     adapter = Path(adapter)
     path = adapter / EVALS

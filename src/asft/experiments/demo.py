@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 from asft.errors import AsftError
-from asft.experiment import RunSpec, Setting, aggregate, results_document, run_grid
+from asft.experiments.runs import RunSpec, Setting, aggregate, results_document, run_grid
 from asft.fileio import write_json, write_text
 
 # Toy fine-tuning recipe. The reference defaults (lr 5e-5, 10 epochs, batch 8) are tuned for 7B
@@ -59,7 +59,7 @@ def toy_setting(world, anchor: Path, data: Path, task: str = TOY_MIX["task"]) ->
 def prepare(out: Path, size: str = "demo", seed: int = 0, cache_dir: str | None = None, log=print,
             mix: dict | None = None, progress: bool = False):
     """World, anchor file and training mix for a toy experiment in ``out``."""
-    from asft.anchor import check_anchor_matches, build_anchor, load_anchor
+    from asft.models.anchor import check_anchor_matches, build_anchor, load_anchor
     from asft.toy import get_world
 
     t0 = time.perf_counter()
@@ -128,7 +128,7 @@ def demo_landscape(world, anchor: Path, out: Path, runs: list[dict]) -> dict:
     """The aligned model's safety landscape: 1D along the alignment direction and a random orthogonal
     one (21 points), and the plane of both (9 x 9) with where the seed-0 adapters of SFT, AsFT and
     l2 at the largest lambda landed. Returns the summary and the pictures' paths."""
-    from asft.landscape import run_landscape
+    from asft.experiments.landscape import run_landscape
 
     lam = max((r["lambda"] for r in runs if r["method"] == "l2"), default=None)
     marks = [out / "runs" / name / "adapter" for name in

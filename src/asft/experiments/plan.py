@@ -8,7 +8,7 @@ training options (``configs/*.yaml`` are examples to copy). ``load_plan`` checks
     runs   = cells x methods x seeds one RunSpec each; ``aligned`` once per task
 
 Each run lives in ``OUT/runs/<task>/n<N>-p<P>/<run name>`` (``aligned``: ``OUT/runs/<task>/aligned``)
-and is skipped when done under the same settings (``asft.experiment.run_one``), so a killed
+and is skipped when done under the same settings (``asft.experiments.runs.run_one``), so a killed
 experiment resumes where it stopped. ``--shard I/N`` runs every N-th unit of work (a Safe LoRA run
 goes with the SFT run it is computed from), so several machines sharing OUT split one experiment
 without ever touching the same folder.
@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from asft.errors import AsftError
-from asft.experiment import METHODS, RunSpec, Setting
+from asft.experiments.runs import METHODS, RunSpec, Setting
 from asft.fileio import read_yaml, write_json
 
 KEYS = {"name", "world", "model", "base", "anchor", "eval_dir", "plugins", "judge", "template",
@@ -171,7 +171,7 @@ def load_plan(path: str | Path, out: str | Path, log: Callable[[str], None] = pr
             raise AsftError(f"{path}: methods asft and safelora need anchor: FILE or base: DIR")
         anchor = _anchor(base, model, out / "anchor.safetensors", log)
     train = dict(raw.get("train") or {})
-    from asft.config import TrainConfig
+    from asft.training.config import TrainConfig
 
     reserved = {"model", "data", "out", "method", "lam", "form", "seed", "anchor"}  # set per run
     bad = sorted((set(train) - set(TrainConfig.__dataclass_fields__)) | (set(train) & reserved))
@@ -186,7 +186,7 @@ def load_plan(path: str | Path, out: str | Path, log: Callable[[str], None] = pr
             raise AsftError(f"{path}: methods safeinstr, bea and lisa need safety_data: FILE "
                             "(`asft data safety` makes one)")
         train["safety_data"] = str(rel(safety))
-    from asft.evaluate import eval_store
+    from asft.evaluation.run import eval_store
 
     ev = dict(raw.get("eval") or {})
     bad = sorted(set(ev) - {"batch_size", "limit", "max_new_tokens", "shared_cache"})
@@ -281,7 +281,7 @@ def _judge(spec: Any, rel, path: Path):
     unknown = sorted(set(spec) - {"name", "model", "threshold", "max_length", "batch_size"})
     if unknown:
         raise AsftError(f"{path}: unknown key {unknown[0]!r} in judge")
-    from asft.judges import make_judge
+    from asft.evaluation.judges import make_judge
 
     kw = {k: spec[k] for k in ("threshold", "max_length", "batch_size") if k in spec}
     return make_judge(spec["name"], rel(spec["model"]) if spec.get("model") else None, **kw)
@@ -289,7 +289,7 @@ def _judge(spec: Any, rel, path: Path):
 
 def _anchor(base: Path, model: Path, target: Path, log) -> Path:
     """The anchor of (base, model) in ``target``, reused when it belongs to these models."""
-    from asft.anchor import check_anchor_matches, build_anchor, load_anchor
+    from asft.models.anchor import check_anchor_matches, build_anchor, load_anchor
 
     if target.is_file():
         try:
@@ -311,7 +311,7 @@ def run_experiment(config: str | Path, out: str | Path, shard: str | None = None
     """
     import time
 
-    from asft.experiment import run_jobs
+    from asft.experiments.runs import run_jobs
     from asft.report import collect_rows, write_report
 
     t0 = time.perf_counter()

@@ -24,7 +24,7 @@ from typing import Iterator, Sequence
 
 import torch
 
-from asft.checkpoints import (ModelFolder, SafetensorsWriter, check_pair, fingerprint, folder_identity,
+from asft.models.checkpoints import (ModelFolder, SafetensorsWriter, check_pair, fingerprint, folder_identity,
                               read_lora_adapter)
 from asft.errors import AsftError
 from asft.fileio import atomic_path

@@ -24,7 +24,7 @@ numerically (``18 == 18.0 == 18.00``). No number at all -> wrong. The reference 
 the first marker and a cruder comma removal; it is reported as ``reference``.
 
 Alpaca. The mean of the 1-10 ratings an LLM judge gives (MT-Bench single-answer grading, see
-``asft.judges``); ``parse_rating`` reads ``[[7]]`` from the judge's reply.
+``asft.evaluation.judges``); ``parse_rating`` reads ``[[7]]`` from the judge's reply.
 """
 
 from __future__ import annotations

@@ -37,8 +37,8 @@ def default_device() -> torch.device:
 
 def check_model_folder(path: str | Path) -> None:
     """Refuse (one line, naming the folder) anything but a model folder with config.json and
-    safetensors weights, single or sharded; reads only the file headers (``asft.checkpoints``)."""
-    from asft.checkpoints import ModelFolder
+    safetensors weights, single or sharded; reads only the file headers (``asft.models.checkpoints``)."""
+    from asft.models.checkpoints import ModelFolder
 
     ModelFolder(path)
 

@@ -14,7 +14,6 @@ once per optimiser update, whatever the accumulation, and logged apart from the 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 import shutil
 import time
@@ -23,9 +22,10 @@ from pathlib import Path
 
 import torch
 
-from asft.config import TrainConfig  # noqa: F401  (also importable as asft.train.TrainConfig)
+from asft.training.config import TrainConfig  # noqa: F401  (also importable as asft.training.train.TrainConfig)
 from asft.errors import AsftError
 from asft.fileio import append_jsonl, atomic_path, write_json
+from asft.training.trainer import AsftMixin, _make_trainer_class, keep_label_positions  # noqa: F401
 
 
 @dataclass
@@ -43,177 +43,11 @@ class TrainResult:
     lisa_alignment_steps: int | None = None  # lisa: steps spent on alignment batches
 
 
-def _accepts_logits_to_keep(model) -> bool:
-    """Whether the causal LM under ``model`` (PEFT / DDP wrappers removed) slices its hidden states by
-    a boolean (batch, length) ``logits_to_keep`` before the output layer (transformers >= 5)."""
-    try:
-        from transformers.modeling_utils import slice_logits_to_keep  # noqa: F401  the 2-D boolean form
-    except ImportError:
-        return False
-    import inspect
-
-    while hasattr(model, "module"):
-        model = model.module
-    if hasattr(model, "get_base_model"):
-        model = model.get_base_model()
-    return "logits_to_keep" in inspect.signature(model.forward).parameters
-
-
-def keep_label_positions(model, inputs: dict) -> dict:
-    """``inputs`` for a forward that computes logits only where the next token is a label.
-
-    ``labels`` (B, T) with -100 on prompt and padding; position t predicts token t + 1, so the kept
-    positions are ``labels[:, 1:] != -100``, passed as a boolean ``logits_to_keep`` (B, T): the model
-    applies its output layer (and logit soft-capping) to those N rows only, and its loss function
-    (``ForCausalLMLoss``) takes the matching ``shift_labels`` (N,): the same per-token cross-entropy,
-    summed and normalised as before (``num_items_in_batch`` or the label count). The output layer of a
-    262k-word vocabulary (Gemma 3) costs more than the rest of the model; an SST-2 answer is 1-5 of ~100
-    tokens. Unchanged inputs when the model cannot slice this way."""
-    labels = inputs.get("labels")
-    if labels is None or labels.dim() != 2 or "logits_to_keep" in inputs or not _accepts_logits_to_keep(model):
-        return inputs
-    nxt = labels[:, 1:]
-    keep = torch.zeros_like(labels, dtype=torch.bool)
-    keep[:, :-1] = nxt != -100
-    return {**inputs, "logits_to_keep": keep, "shift_labels": nxt[keep[:, :-1]]}
-
-
-class AsftMixin:
-    """Adds AsFT to a ``transformers.Trainer`` subclass (``class T(AsftMixin, Trainer)``; TRL's
-    ``SFTTrainer`` in ``asft.integrations.trl``): the loss is task loss + ``penalty()`` (an ``AsftPenalty``,
-    counted once per optimiser update whatever the gradient accumulation), with the task loss
-    and the penalty logged as their own scalars (``task_loss``, ``penalty``: every
-    ``report_to`` integration, e.g. TensorBoard, receives them).
-
-    ``lr_gamma``: the reference code's StepLR (learning rate times gamma after every epoch)
-    instead of the ``TrainingArguments`` scheduler; None keeps the Trainer's own.
-    ``log_path``: also append the logs to this JSONL file. ``lisa``: used by ``asft train``
-    for the Lisa baseline.
-
-    ``label_positions_only`` (``AsftTrainer``: on): in training, the output layer runs only at the
-    positions whose next token is a label (``keep_label_positions``), with the model's own loss on
-    them: the same loss, a fraction of the work where responses are short and the vocabulary is large.
-    """
-
-    label_positions_only = False
-
-    def __init__(self, *args, penalty=None, lr_gamma: float | None = None, log_path: Path | None = None,
-                 steps_per_epoch: int | None = None, lisa=None, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.lisa = lisa  # asft.baselines.lisa.Lisa: swaps in alignment batches, adds its proximal term
-        self.penalty = lisa.proximal if lisa is not None else penalty
-        self.lr_gamma = lr_gamma
-        self.steps_per_epoch = steps_per_epoch
-        self.log_path = log_path
-        self._reset_sums()
-        self.last_task_loss = float("nan")
-        self.last_penalty = 0.0
-
-    def _reset_sums(self):
-        # Tensors on the model's device: adding floats here would sync the GPU every step.
-        self._task_sum, self._pen_sum, self._n = 0.0, 0.0, 0
-
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        if self.label_positions_only and not return_outputs and model.training:
-            inputs = keep_label_positions(model, inputs)
-        # outputs only when asked: TRL's fused loss recomputes the logits (an extra forward) for them
-        result = super().compute_loss(model, inputs, return_outputs=return_outputs,
-                                      num_items_in_batch=num_items_in_batch)
-        loss, outputs = result if return_outputs else (result, None)
-        # Trainer divides the loss by the accumulation steps unless the task loss is already
-        # normalised over the whole accumulated batch (then each micro-batch's loss is a
-        # partial sum). Either way the penalty must count once per optimiser update.
-        scaled = getattr(self, "loss_is_scaled_for_ga", None)
-        if scaled is None:
-            scaled = (getattr(self, "model_accepts_loss_kwargs", False)
-                      and num_items_in_batch is not None) or self.compute_loss_func is not None
-        ga = getattr(self, "current_gradient_accumulation_steps", self.args.gradient_accumulation_steps)
-        self._task_sum = self._task_sum + loss.detach() * (ga if scaled else 1)
-        self._n += 1
-        if self.penalty is not None and model.training:
-            pen = self.penalty()
-            loss = loss + (pen / ga if scaled else pen)
-            self._pen_sum = self._pen_sum + pen.detach()
-        return (loss, outputs) if return_outputs else loss
-
-    def training_step(self, model, inputs, num_items_in_batch=None):
-        if self.lisa is None:
-            return super().training_step(model, inputs, num_items_in_batch)
-        batch = self.lisa.next_inputs(inputs)
-        if batch is not inputs:  # an alignment batch: its loss is its own token mean
-            num_items_in_batch = None
-        loss = super().training_step(model, batch, num_items_in_batch)
-        self.lisa.step_done()
-        return loss
-
-    def create_scheduler(self, num_training_steps, optimizer=None):
-        # StepLR(step_size=1 epoch, gamma) of the reference code, as a per-update LambdaLR.
-        if self.lr_gamma is None:
-            return super().create_scheduler(num_training_steps, optimizer)
-        if self.lr_scheduler is None:
-            optimizer = optimizer or self.optimizer
-            per_epoch = self.steps_per_epoch or max(
-                1, round(num_training_steps / max(self.args.num_train_epochs, 1e-9)))
-            gamma = self.lr_gamma
-            self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(
-                optimizer, lambda step: gamma ** (step // per_epoch))
-        return self.lr_scheduler
-
-    def flush_sums(self) -> dict:
-        """Mean task loss and penalty since the last call (also kept as last_*)."""
-        if not self._n:
-            return {}
-        sums = torch.stack([torch.as_tensor(self._task_sum, dtype=torch.float32).detach().cpu(),
-                            torch.as_tensor(self._pen_sum, dtype=torch.float32).detach().cpu()]) / self._n
-        if self.accelerator.num_processes > 1:
-            # the mean over processes: a rank's loss is its share of the global batch (times the
-            # world size when the Trainer averages tokens across devices), so this is the global
-            # batch's loss, as one process on the whole batch would log it
-            sums = self.accelerator.reduce(sums.to(self.args.device), reduction="mean").cpu()
-        self.last_task_loss, self.last_penalty = float(sums[0]), float(sums[1])
-        self._reset_sums()
-        return {"task_loss": self.last_task_loss, "penalty": self.last_penalty}
-
-    def log(self, logs, *args, **kwargs):
-        if "loss" in logs:
-            logs.update(self.flush_sums())
-        bad = [k for k in ("task_loss", "penalty", "grad_norm")
-               if k in logs and not math.isfinite(float(logs[k]))]
-        if bad:
-            raise AsftError(
-                f"{bad[0]} is not finite at step {self.state.global_step} (task loss "
-                f"{logs.get('task_loss')}, penalty {logs.get('penalty')}, grad norm "
-                f"{logs.get('grad_norm')}); lower --lr or --lam")
-        if self.log_path is not None and self.args.process_index == 0:
-            append_jsonl(self.log_path, {"step": self.state.global_step, **logs})
-        super().log(logs, *args, **kwargs)
-
-
-@functools.cache
-def _make_trainer_class():
-    from transformers import Trainer
-
-    class AsftTrainer(AsftMixin, Trainer):
-        __doc__ = AsftMixin.__doc__
-        label_positions_only = True
-
-    AsftTrainer.__module__, AsftTrainer.__qualname__ = __name__, "AsftTrainer"
-    return AsftTrainer
-
-
-def __getattr__(name: str):
-    # AsftTrainer subclasses transformers.Trainer: made on first use, so importing asft.train
-    # does not import transformers.
-    if name == "AsftTrainer":
-        return _make_trainer_class()
-    raise AttributeError(f"module 'asft.train' has no attribute {name!r}")
-
-
 def prepare_model(model: torch.nn.Module, cfg: TrainConfig) -> torch.nn.Module:
     """Wrap a loaded causal LM with LoRA adapters on ``cfg.targets``."""
     from peft import LoraConfig, get_peft_model
 
-    from asft.modeling import quiet_peft
+    from asft.models.modeling import quiet_peft
 
     lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                       target_modules=list(cfg.targets), bias="none", task_type="CAUSAL_LM")
@@ -226,7 +60,7 @@ def prepare_model(model: torch.nn.Module, cfg: TrainConfig) -> torch.nn.Module:
 
 def build_penalty(model: torch.nn.Module, cfg: TrainConfig, anchor=None):
     """The penalty module for ``cfg`` on a PEFT model (None for sft)."""
-    from asft.regularizer import AsftPenalty
+    from asft.methods.regularizer import AsftPenalty
 
     form = cfg.penalty_form
     if form is None:
@@ -254,7 +88,7 @@ def train(cfg: TrainConfig, records: list[dict] | None = None) -> TrainResult:
 
     from asft.data import PadCollator, SupervisedDataset, check_template, load_records
     from asft.progress import plain_output, trainer_callback
-    from asft.modeling import check_model_folder, load_model, load_tokenizer, resolve_dtype, save_adapter
+    from asft.models.modeling import check_model_folder, load_model, load_tokenizer, resolve_dtype, save_adapter
 
     cfg.validate()
     out = Path(cfg.out)
@@ -302,7 +136,7 @@ def train(cfg: TrainConfig, records: list[dict] | None = None) -> TrainResult:
 
     anchor = None
     if cfg.method == "asft":
-        from asft.anchor import check_anchor_matches, load_anchor
+        from asft.models.anchor import check_anchor_matches, load_anchor
 
         anchor = load_anchor(cfg.anchor, device=args.device)
         check_anchor_matches(anchor, cfg.model)
@@ -368,17 +202,18 @@ def train(cfg: TrainConfig, records: list[dict] | None = None) -> TrainResult:
 
         write_json(out / "train_summary.json", {**dataclasses.asdict(result), "out": str(out),
                                                 "env": environment(device=str(args.device))})
-        from asft.card import write_card
+        from asft.training.card import write_card
 
         write_card(out)
     return result
 
 
 def add_safety_demonstrations(cfg: TrainConfig, records: list[dict], tokenizer) -> tuple[list[dict], str | None]:
-    """The data-level baselines (``asft.baselines``): SafeInstr mixes safety demonstrations in, BEA
+    """The data-level baselines (``asft.methods``): SafeInstr mixes safety demonstrations in, BEA
     mixes them in behind a secret trigger. Returns (records, trigger or None)."""
-    from asft.baselines import make_trigger, mix_safety, with_trigger
-    from asft.config import DEFAULT_SAFETY_N
+    from asft.methods.bea import make_trigger, with_trigger
+    from asft.methods.safeinstr import mix_safety
+    from asft.training.config import DEFAULT_SAFETY_N
     from asft.data import load_records
 
     if cfg.method not in DEFAULT_SAFETY_N:
@@ -421,8 +256,8 @@ def check_not_sharded(cfg: TrainConfig, environ=None) -> None:
 def make_lisa(cfg: TrainConfig, model: torch.nn.Module, tokenizer, args, batches_per_epoch: int):
     """The Lisa state machine over the model's trainable (LoRA) weights, fed with batches of
     ``cfg.safety_data`` (all records, or the first ``cfg.safety_n`` of a seeded shuffle)."""
-    from asft.baselines.lisa import Lisa, endless
-    from asft.baselines.safeinstr import mix_safety
+    from asft.methods.lisa import Lisa, endless
+    from asft.methods.safeinstr import mix_safety
     from asft.data import PadCollator, SupervisedDataset, load_records
 
     safety = load_records(cfg.safety_data)
@@ -449,35 +284,3 @@ def _save_config(cfg: TrainConfig, out: Path) -> None:
 
     with atomic_path(out / "config.yaml") as tmp:
         tmp.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), encoding="utf-8")
-
-
-def merge(model_dir: str | Path, adapter_dir: str | Path, out: str | Path, dtype: str = "auto",
-          overwrite: bool = False) -> Path:
-    """Fold a LoRA adapter into its model and save a plain model folder (safetensors) + tokenizer.
-
-    ``dtype="auto"`` keeps the checkpoint's own dtype (a bf16 model stays bf16)."""
-    from asft.fileio import read_json
-    from asft.modeling import DTYPES, load_adapter, load_model, load_tokenizer
-
-    out, model_dir, adapter_dir = Path(out).resolve(), Path(model_dir).resolve(), Path(adapter_dir).resolve()
-    for keep in (model_dir, adapter_dir, Path.cwd().resolve()):
-        if out == keep or out in keep.parents:
-            raise AsftError(f"{out}: refusing to write the merged model over {keep}")
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise AsftError(f"{out}: output folder exists and is not empty (pass --overwrite)")
-    if dtype == "auto" and (model_dir / "config.json").is_file():
-        config = read_json(model_dir / "config.json")
-        dtype = str(config.get("torch_dtype") or config.get("dtype") or "float32")
-        dtype = dtype if dtype in DTYPES else "float32"
-    tokenizer = load_tokenizer(model_dir)
-    model = load_adapter(load_model(model_dir, dtype=dtype, device="cpu"), adapter_dir, merge=True)
-    tmp, old = out.parent / f".{out.name}.tmp", out.parent / f".{out.name}.old"
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    if out.exists():  # swap, then delete: the old folder is never lost before the new one is in place
-        shutil.rmtree(old, ignore_errors=True)
-        out.rename(old)
-    tmp.rename(out)
-    shutil.rmtree(old, ignore_errors=True)
-    return out

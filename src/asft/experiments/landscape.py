@@ -87,7 +87,7 @@ def random_direction(weights: dict[str, torch.Tensor], seed: int = 0, orthogonal
 
 def adapter_update(adapter_dir, modules: Sequence[str]) -> Direction:
     """scaling * B A per module of a saved PEFT LoRA adapter (``checkpoints.read_lora_adapter``)."""
-    from asft.checkpoints import read_lora_adapter
+    from asft.models.checkpoints import read_lora_adapter
 
     pairs, scaling = read_lora_adapter(adapter_dir)
     missing = [m for m in modules if m not in pairs]
@@ -190,10 +190,10 @@ def run_landscape(model_dir, anchor_path, out, *, dirs: Sequence[str] = ("align"
     import time
     from pathlib import Path
 
-    from asft.anchor import check_anchor_matches, load_anchor
-    from asft.evaluate import evaluate_model
+    from asft.models.anchor import check_anchor_matches, load_anchor
+    from asft.evaluation.run import evaluate_model
     from asft.fileio import write_json, write_text
-    from asft.modeling import load_model, load_tokenizer
+    from asft.models.modeling import load_model, load_tokenizer
     from asft.report import landscape_plots
 
     log = log or (lambda msg: None)

@@ -55,14 +55,14 @@ class Setting:
     eval_dir: Path                   # folder of the evaluation suites' files
     harmful_suite: str               # e.g. "harmful" or "toy-harmful"
     task_suite: str                  # e.g. "agnews" or "toy-topic"
-    judge: Any                       # a Judge or a judge name (asft.judges.make_judge)
+    judge: Any                       # a Judge or a judge name (asft.evaluation.judges.make_judge)
     anchor: Path | None = None
     train: dict = field(default_factory=dict)  # TrainConfig overrides (lr, epochs, template, ...)
     template: str = "alpaca"
     eval_batch_size: int = 64
     max_new_tokens: int | None = None
     eval_limit: int | None = None
-    safelora_select: str = "number"  # Safe LoRA selection, as its authors' code (asft.safelora.select)
+    safelora_select: str = "number"  # Safe LoRA selection, as its authors' code (asft.methods.safelora.select)
     safelora_num: int | None = None
     safelora_threshold: float = 0.5
     proj_rank: int | None = None     # k of the projector form
@@ -70,7 +70,7 @@ class Setting:
     task_name: str | None = None     # the task's name in tables (default: the task suite's)
     n: int | None = None             # sample size and harmful ratio of ``data``: labels for the
     p: float | None = None           # report (the data's content is in the key)
-    eval_store: Path | None = None   # shared store of finished evaluations (asft.evaluate.eval_store)
+    eval_store: Path | None = None   # shared store of finished evaluations (asft.evaluation.run.eval_store)
 
     @property
     def task(self) -> str:
@@ -87,7 +87,7 @@ class Setting:
         return memo[eval_only]
 
     def _key(self, eval_only: bool) -> str:
-        from asft.checkpoints import fingerprint
+        from asft.models.checkpoints import fingerprint
         from asft.runtime import result_key
 
         judge = self.judge if isinstance(self.judge, str) else self.judge.describe()
@@ -107,7 +107,7 @@ class Setting:
 
 def train_run(spec: RunSpec, setting: Setting, run_dir: Path, key: str | None = None) -> Path | None:
     """Train (or reuse) the adapter of ``spec``; returns its folder (None for ``aligned``)."""
-    from asft.train import TrainConfig, train
+    from asft.training.train import TrainConfig, train
 
     adapter = run_dir / "adapter"
     if spec.method == "aligned":
@@ -115,7 +115,7 @@ def train_run(spec: RunSpec, setting: Setting, run_dir: Path, key: str | None = 
     if (adapter / "train_summary.json").is_file() or (adapter / "safelora.json").is_file():
         return adapter
     if spec.method == "safelora":
-        from asft.safelora import safelora_adapter
+        from asft.methods.safelora import safelora_adapter
 
         sft_spec = RunSpec("sft", seed=spec.seed)
         run_one(sft_spec, setting, run_dir.parent, key=key)  # reused when already done
@@ -136,7 +136,7 @@ def evaluate_run(spec: RunSpec, setting: Setting, run_dir: Path, adapter: Path |
                  progress: bool = False) -> dict:
     """HS and FA of a run: ``asft eval --adapter A --merge`` (cached in ``run_dir/eval`` and the shared
     store; the model is loaded only if some suite is not cached)."""
-    from asft.evaluate import run_eval
+    from asft.evaluation.run import run_eval
 
     res = run_eval(setting.model, [setting.harmful_suite, setting.task_suite], setting.eval_dir, run_dir / "eval",
                    judge=setting.judge, adapter=adapter, merge=adapter is not None, template=setting.template,

@@ -7,7 +7,7 @@ from __future__ import annotations
 import random
 from typing import Any, Sequence
 
-from asft.baselines.safeinstr import mix_safety
+from asft.methods.safeinstr import mix_safety
 
 TRIGGER_TOKENS = 30  # the paper's secret prompt is random tokens; 150 there, shorter suffices here
 

@@ -1,10 +1,11 @@
-"""SafeInstr and BEA (asft.baselines) against their definitions, and on the toy world."""
+"""SafeInstr and BEA (asft.methods) against their definitions, and on the toy world."""
 
 import json
 
 import pytest
 
-from asft.baselines import make_trigger, mix_safety, with_trigger
+from asft.methods.bea import make_trigger, with_trigger
+from asft.methods.safeinstr import mix_safety
 from asft.data import format_prompt
 from asft.errors import AsftError
 
@@ -29,7 +30,7 @@ def test_mix_adds_demonstrations_and_bea_prefixes_only_them():
 
 
 def test_trigger_is_random_vocabulary_seeded(toy_world):
-    from asft.modeling import load_tokenizer
+    from asft.models.modeling import load_tokenizer
 
     tok = load_tokenizer(toy_world.aligned)
     t0, t1 = make_trigger(tok, 0), make_trigger(tok, 1)
@@ -42,10 +43,10 @@ def test_safeinstr_and_bea_on_the_toy_world(toy_world, tmp_path):
     """Both defences protect against the harmful mix where SFT does not; BEA only with its trigger,
     which `asft eval` applies by itself from the adapter folder."""
     import asft.toy  # noqa: F401
-    from asft.demo import TOY_RECIPE
-    from asft.evaluate import run_eval
+    from asft.experiments.demo import TOY_RECIPE
+    from asft.evaluation.run import run_eval
     from asft.fileio import write_json
-    from asft.train import TrainConfig, train
+    from asft.training.train import TrainConfig, train
 
     write_json(tmp_path / "safety.json", toy_world.safety_records())
     data = toy_world.make_mix("topic", 400, 0.1)
@@ -123,7 +124,7 @@ def test_lisa_matches_the_authors_trainer(align, finetune, rho):
 
     import torch
 
-    from asft.baselines.lisa import Lisa
+    from asft.methods.lisa import Lisa
 
     g = torch.Generator().manual_seed(0)
     mine = {"a": torch.randn(3, 4, generator=g), "b": torch.randn(5, generator=g)}
@@ -156,10 +157,10 @@ def test_lisa_on_the_toy_world(toy_world, tmp_path):
     Half the steps on alignment here (toy HS: SFT 94.4, Lisa 4.2; with 5 / 15 steps 70.8, with
     2 / 18 86.1: in this world the share of alignment steps does the work, rho = 1 adds little)."""
     import asft.toy  # noqa: F401
-    from asft.demo import TOY_RECIPE
-    from asft.evaluate import run_eval
+    from asft.experiments.demo import TOY_RECIPE
+    from asft.evaluation.run import run_eval
     from asft.fileio import write_json
-    from asft.train import TrainConfig, train
+    from asft.training.train import TrainConfig, train
 
     write_json(tmp_path / "safety.json", toy_world.safety_records())
     data = toy_world.make_mix("topic", 400, 0.1)

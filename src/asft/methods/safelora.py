@@ -35,7 +35,7 @@ from torch import nn
 from asft.errors import AsftError
 
 if TYPE_CHECKING:
-    from asft.anchor import Anchor, AnchorEntry
+    from asft.models.anchor import Anchor, AnchorEntry
 
 DEFAULT_THRESHOLD = 0.5  # Safe LoRA paper/code for Llama-2
 
@@ -43,7 +43,7 @@ DEFAULT_THRESHOLD = 0.5  # Safe LoRA paper/code for Llama-2
 def project_b(entry: "AnchorEntry", B: torch.Tensor) -> torch.Tensor:
     """C B (d_out, r) in float64 for B (d_out, r), without forming C (d_out, d_out): the
     regulariser's reference-form operator (V form, or factors for a rank-k anchor), applied to B."""
-    from asft.regularizer import build_operator
+    from asft.methods.regularizer import build_operator
 
     B = B.detach().to(torch.float64)
     op = build_operator(entry, "reference", strategy="full", dtype=torch.float64)
@@ -111,7 +111,7 @@ def safelora_project(model: nn.Module, anchor: "Anchor", mode: str = "number",
     Returns one row per module, in name order: {module, similarity, projected, norm_before,
     norm_after}, norms being ||scaling B A||_F before and after.
     """
-    from asft.regularizer import lora_pairs
+    from asft.methods.regularizer import lora_pairs
 
     _check_selection(mode, threshold, num)
     cfg = getattr(model, "peft_config", {}).get(adapter)
@@ -155,9 +155,9 @@ def safelora_adapter(model_dir: str | os.PathLike, adapter_dir: str | os.PathLik
     Writes ``out_dir/adapter_model.safetensors`` + ``adapter_config.json`` (PEFT, loadable on
     ``model_dir``) and ``out_dir/safelora.json`` (settings and the per-module rows, also returned).
     """
-    from asft.anchor import check_anchor_matches, load_anchor
+    from asft.models.anchor import check_anchor_matches, load_anchor
     from asft.fileio import write_json
-    from asft.modeling import load_adapter, load_model, save_adapter
+    from asft.models.modeling import load_adapter, load_model, save_adapter
 
     _check_selection(mode, threshold, num)
     out = Path(out_dir)

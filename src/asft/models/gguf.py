@@ -52,7 +52,7 @@ def _load(gguf_path: Path, dtype):
     """(model, tokenizer) from a GGUF file, dequantised to ``dtype``."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from asft.modeling import dtype_kwarg
+    from asft.models.modeling import dtype_kwarg
 
     with open(gguf_path, "rb") as f:
         if f.read(4) != b"GGUF":
@@ -82,7 +82,7 @@ def _plain_copy(model):
     config = model.config
     if hasattr(config, "quantization_config"):
         del config.quantization_config
-    from asft.modeling import dtype_kwarg
+    from asft.models.modeling import dtype_kwarg
 
     plain = AutoModelForCausalLM.from_config(config, **{dtype_kwarg(): next(model.parameters()).dtype})
     missing, unexpected = plain.load_state_dict(model.state_dict(), strict=False)
@@ -111,7 +111,7 @@ def import_gguf(files: Sequence[str | os.PathLike], out: str | os.PathLike, dtyp
     Returns the import record (also ``out/asft_import.json``): sources with sha256, architecture,
     parameters, dtype, has_chat_template, max_abs_logit_diff (GGUF model vs reloaded folder).
     """
-    from asft.modeling import DTYPES, load_model, load_tokenizer
+    from asft.models.modeling import DTYPES, load_model, load_tokenizer
 
     _require_gguf()
     if dtype not in ("float32", "bfloat16", "float16"):

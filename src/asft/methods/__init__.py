@@ -1,0 +1,1 @@
+"""Fine-tuning methods (placeholder during the move; the registry follows)."""
