@@ -158,7 +158,7 @@ def training_step(args, device, shape: str) -> dict:
     variants = {
         "plain": None,
         "asft": AsftPenalty.from_model(model, anchor, form="reference"),
-        "l2": AsftPenalty.from_model(model, None, form="l2"),
+        "l2": AsftPenalty.from_model(model, None, form="zero"),
         "reference": lambda: sum(reference_penalty(pairs[n][0].float(), pairs[n][1].float(), entries[n].V)
                                  for n in sorted(pairs)),
     }

@@ -38,7 +38,7 @@ def make(model_dir: str, dtype: torch.dtype, seed: int = 0):
     torch.manual_seed(seed)
     model = get_peft_model(model, LoraConfig(r=8, lora_alpha=32, lora_dropout=0.0,
                                              target_modules=["q_proj", "v_proj"]))
-    penalty = AsftPenalty.from_model(model, None, form="l2", lam=1.0)
+    penalty = AsftPenalty.from_model(model, None, form="zero", lam=1.0)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     return model, penalty, opt
 

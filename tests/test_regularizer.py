@@ -40,7 +40,7 @@ def _entry(V, rank=None):
 
 
 def _naive_C(V, form, k=None):
-    if form == "l2":
+    if form == "zero":
         return torch.zeros(V.shape[0], V.shape[0], dtype=V.dtype)
     if form == "reference":
         if k is None:
@@ -56,7 +56,7 @@ CASES = [  # (form, strategy, anchor rank, k)
     ("reference", "gram", None, None),
     ("reference", "factors", 3, 3),
     ("projector", "factors", None, 3),
-    ("l2", "l2", None, None),
+    ("zero", "zero", None, None),
 ]
 
 
@@ -187,7 +187,7 @@ def test_projector_needs_k():
 def test_zero_anchor_module_is_the_l2_limit():
     # C = V V^T / ||V||_F -> 0 as V -> 0, so a module alignment left untouched gets plain L2.
     op = build_operator(AnchorEntry(name="m", shape=(3, 3), norm=0.0, V=torch.zeros(3, 3)), "reference")
-    assert op.kind == "l2"
+    assert op.kind == "zero"
 
 
 # ----------------------------------------------------------------------------- on a PEFT model
@@ -240,8 +240,8 @@ def test_l2_form_and_lora_scaling():
     model = _peft_model()
     pairs = lora_pairs(model)
     l2 = sum(((B @ A).double() ** 2).sum().item() for A, B, _ in pairs.values())
-    assert abs(AsftPenalty.from_model(model, None, form="l2")().item() - l2) < 1e-4 * l2
-    scaled = AsftPenalty.from_model(model, None, form="l2", scale_by_lora=True)().item()
+    assert abs(AsftPenalty.from_model(model, None, form="zero")().item() - l2) < 1e-4 * l2
+    scaled = AsftPenalty.from_model(model, None, form="zero", scale_by_lora=True)().item()
     assert abs(scaled - (16 / 4) ** 2 * l2) < 1e-4 * scaled
 
 

@@ -19,19 +19,37 @@ def test_verdict_against_the_l2_control():
             _row("asft", 30, 78.7, 20.1, 100.0, 0.0, "projector"),  # 45 points less safe: l2 wins
             _row("asft", 1, 50.0, 2.0, 99.0, 0.5, "reference"),    # 40 points safer, FA 1 point lower
             _row("asft", 100, 5.0, 1.0, 60.0, 2.0, "projector"),   # safer, but FA 26 points lower
-            _row("asft", 300, 1.0, 0.0, 90.0, 0.0, "reference")]   # no l2 at 300: no sentence
+            _row("asft", 300, 1.0, 0.0, 90.0, 0.0, "reference")]   # no l2 at 300 (and no SFT): no sentence
     lines = verdict(rows)
     assert len(lines) == 4
     by = {line.split(":")[0]: line for line in lines}
     assert by["asft (reference C) λ=30"].endswith("no difference beyond the seed spread")
-    assert by["asft (projector) λ=30"].endswith("l2 wins: the control is safer at equal accuracy, beyond the seed spread")
-    assert by["asft (reference C) λ=1"].endswith("AsFT WINS: safer at equal accuracy, beyond the seed spread")
-    assert by["asft (projector) λ=100"].endswith("no difference beyond the seed spread")
-    assert "HS 35.2 ± 6.8 FA 97.2 ± 1.1 vs l2 HS 33.8 ± 10.4 FA 98.8 ± 1.0" in by["asft (reference C) λ=30"]
+    assert by["asft (projector) λ=30"].endswith("l2 λ=30 wins: safer at equal accuracy, beyond the seed spread")
+    assert by["asft (reference C) λ=1"].endswith(
+        "asft (reference C) λ=1 WINS: safer at equal accuracy, beyond the seed spread")
+    assert by["asft (projector) λ=100"].endswith("not at matched FA (-26.5 FA points): no verdict on safety")
+    assert "HS 35.2 ± 6.8 FA 97.2 ± 1.1; vs l2 λ=30 HS 33.8 ± 10.4 FA 98.8 ± 1.0" in by["asft (reference C) λ=30"]
     assert label(rows[3]) == "asft (reference C) λ=30" and label(rows[0]) == "l2 λ=30"
     # one seed: its std of 0 is no spread, so no win is claimed
     one = [{**r, "seeds": [0]} for r in rows]
     assert all(line.endswith("one seed: no seed spread to judge a difference by") for line in verdict(one))
+
+
+def test_verdict_sets_every_method_beside_the_control_at_matched_fa_and_beside_sft():
+    """A method without lambda is compared with the l2 row of the closest FA; every method with SFT."""
+    rows = [_row("sft", 0, 60.0, 2.0, 95.0, 1.0), _row("aligned", 0, 2.0, 0.0, 40.0, 0.0),
+            _row("l2", 1, 55.0, 2.0, 95.0, 1.0), _row("l2", 100, 10.0, 1.0, 70.0, 1.0),
+            _row("safeinstr", 0, 20.0, 2.0, 94.0, 1.0),   # FA closest to l2 λ=1: safer than it
+            _row("lisa", 0, 12.0, 1.0, 71.0, 1.0),        # FA closest to l2 λ=100: the same
+            _row("safelora", 0, 58.0, 3.0, 95.0, 1.0)]
+    by = {line.split(":")[0]: line for line in verdict(rows)}
+    assert set(by) == {"SafeInstr", "Lisa", "Safe LoRA"}  # not the control, SFT or the aligned model
+    assert ("vs l2 λ=1 HS 55.0 ± 2.0 FA 95.0 ± 1.0: SafeInstr WINS: safer at equal accuracy, beyond the seed spread; "
+            "vs SFT HS 60.0 ± 2.0 FA 95.0 ± 1.0: SafeInstr WINS") in by["SafeInstr"]
+    assert "vs l2 λ=100 HS 10.0 ± 1.0 FA 70.0 ± 1.0: no difference beyond the seed spread" in by["Lisa"]
+    assert by["Lisa"].endswith("vs SFT HS 60.0 ± 2.0 FA 95.0 ± 1.0: not at matched FA (-24.0 FA points): "
+                               "no verdict on safety")
+    assert by["Safe LoRA"].endswith("vs SFT HS 60.0 ± 2.0 FA 95.0 ± 1.0: no difference beyond the seed spread")
 
 
 PAPER = """# numbers

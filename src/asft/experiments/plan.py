@@ -5,12 +5,12 @@ A config names the model (or a toy world), the anchor, the tasks and their data,
 training options (``configs/*.yaml`` are examples to copy). ``load_plan`` checks it and expands it:
 
     cells  = task x n x p            one Setting each (its data: a fixed file or a mix built here)
-    runs   = cells x methods x seeds one RunSpec each; ``aligned`` once per task
+    runs   = cells x methods x seeds one RunSpec each; the aligned model once per task
 
-Each run lives in ``OUT/runs/<task>/n<N>-p<P>/<run name>`` (``aligned``: ``OUT/runs/<task>/aligned``)
+Each run lives in ``OUT/runs/<task>/n<N>-p<P>/<run name>`` (the aligned model: ``OUT/runs/<task>/<its name>``)
 and is skipped when done under the same settings (``asft.experiments.runs.run_one``), so a killed
-experiment resumes where it stopped. ``--shard I/N`` runs every N-th unit of work (a Safe LoRA run
-goes with the SFT run it is computed from), so several machines sharing OUT split one experiment
+experiment resumes where it stopped. ``--shard I/N`` runs every N-th unit of work (a post-hoc run
+such as Safe LoRA goes with the SFT run it is computed from), so several machines sharing OUT split one experiment
 without ever touching the same folder.
 """
 
@@ -22,14 +22,19 @@ from pathlib import Path
 from typing import Any, Callable
 
 from asft.errors import AsftError
-from asft.experiments.runs import METHODS, RunSpec, Setting
+from asft.experiments.runs import RunSpec, Setting
 from asft.fileio import read_yaml, write_json
 
 KEYS = {"name", "world", "model", "base", "anchor", "eval_dir", "plugins", "judge", "template",
         "harmful_suite", "tasks", "n", "p", "seeds", "methods", "train", "eval", "safety_data",
-        "safelora", "proj_rank", "mix_seed", "paper", "workers"}
+        "proj_rank", "mix_seed", "paper", "workers"}  # and <method>: {options} for a method with options
 TASK_KEYS = {"suite", "data", "pool", "harmful", "add", "n", "p"}
-LAMBDA_METHODS = ("asft", "l2")
+
+
+def _keys() -> set[str]:
+    from asft.methods import all_methods
+
+    return KEYS | {m.name for m in all_methods() if m.options}
 
 
 @dataclass
@@ -56,7 +61,7 @@ class Plan:
         units: dict[tuple, list[Job]] = {}
         for job in self.jobs:
             spec = job.spec
-            name = RunSpec("sft", seed=spec.seed).name if spec.method == "safelora" else spec.name
+            name = (spec.source() or spec).name
             units.setdefault((str(job.parent), name), []).append(job)
         return list(units.values())
 
@@ -92,6 +97,8 @@ def _list(value: Any, what: str, path: Path, kind: Callable = float) -> list:
 
 def _methods(raw: Any, path: Path) -> list[tuple[str, float, str | None]]:
     """(method, lambda, form) for each entry: "sft", or {method: asft, lam: [1, 30], form: reference}."""
+    from asft.methods import get_method
+
     if not isinstance(raw, list) or not raw:
         raise AsftError(f"{path}: methods should be a non-empty list")
     out = []
@@ -102,18 +109,24 @@ def _methods(raw: Any, path: Path) -> list[tuple[str, float, str | None]]:
         unknown = set(entry) - {"method", "lam", "form"}
         if unknown:
             raise AsftError(f"{path}: unknown key {sorted(unknown)[0]!r} in methods entry {entry!r}")
-        method = entry["method"]
-        if method not in METHODS:
-            raise AsftError(f"{path}: unknown method {method!r} (choose from {', '.join(METHODS)})")
-        if method in LAMBDA_METHODS:
+        try:
+            method = get_method(entry["method"])
+        except AsftError as e:
+            raise AsftError(f"{path}: {e}") from None
+        if "form" in entry and not method.forms:
+            raise AsftError(f"{path}: method {method.name} takes no form")
+        forms = [entry.get("form", method.forms[0])] if method.forms else [None]
+        if forms[0] is not None and forms[0] not in method.forms:
+            raise AsftError(f"{path}: unknown form {forms[0]!r} of method {method.name} "
+                            f"(choose from {', '.join(method.forms)})")
+        if method.takes_lambda:
             if "lam" not in entry:
-                raise AsftError(f"{path}: method {method} needs lam (a value or a list)")
-            forms = [entry.get("form", "reference")] if method == "asft" else [None]
-            out += [(method, lam, form) for lam in _list(entry["lam"], "lam", path) for form in forms]
+                raise AsftError(f"{path}: method {method.name} needs lam (a value or a list)")
+            out += [(method.name, lam, form) for lam in _list(entry["lam"], "lam", path) for form in forms]
         else:
-            if "lam" in entry or "form" in entry:
-                raise AsftError(f"{path}: method {method} takes no lam or form")
-            out.append((method, 0.0, None))
+            if "lam" in entry:
+                raise AsftError(f"{path}: method {method.name} takes no lam")
+            out += [(method.name, 0.0, form) for form in forms]
     return out
 
 
@@ -128,9 +141,16 @@ def load_plan(path: str | Path, out: str | Path, log: Callable[[str], None] = pr
     and expand the grid. Relative paths in the config are relative to the config file."""
     path = Path(path)
     raw = read_yaml(path)
-    unknown = sorted(set(raw) - KEYS)
+    from asft.methods import all_methods, get_method, load_plugins
+
+    plugins = raw.get("plugins") or []
+    if not isinstance(plugins, list) or not all(isinstance(m, str) for m in plugins):
+        raise AsftError(f"{path}: plugins should be a list of module names")
+    load_plugins(plugins, f"{path}: plugins")  # they may register methods, judges and suites
+    keys = _keys()
+    unknown = sorted(set(raw) - keys)
     if unknown:
-        raise AsftError(f"{path}: unknown key {unknown[0]!r} (known: {', '.join(sorted(KEYS))})")
+        raise AsftError(f"{path}: unknown key {unknown[0]!r} (known: {', '.join(sorted(keys))})")
     out = Path(out).resolve()
     here = path.resolve().parent
 
@@ -138,10 +158,6 @@ def load_plan(path: str | Path, out: str | Path, log: Callable[[str], None] = pr
         q = Path(str(p)).expanduser()
         return q if q.is_absolute() else here / q
 
-    for module in raw.get("plugins") or []:
-        import importlib
-
-        importlib.import_module(module)
     world = None
     if raw.get("world") is not None:
         from asft.toy import get_world
@@ -165,10 +181,12 @@ def load_plan(path: str | Path, out: str | Path, log: Callable[[str], None] = pr
 
     methods = _methods(raw.get("methods"), path)
     names = {m for m, _, _ in methods}
+    chosen = [m for m in all_methods() if m.name in names]
     anchor = rel(raw["anchor"]) if raw.get("anchor") else None
-    if names & {"asft", "safelora"} and anchor is None:
+    need = [m.name for m in chosen if m.needs_anchor]
+    if need and anchor is None:
         if base is None:
-            raise AsftError(f"{path}: methods asft and safelora need anchor: FILE or base: DIR")
+            raise AsftError(f"{path}: methods {', '.join(need)} need anchor: FILE or base: DIR")
         anchor = _anchor(base, model, out / "anchor.safetensors", log)
     train = dict(raw.get("train") or {})
     from asft.training.config import TrainConfig
@@ -178,12 +196,13 @@ def load_plan(path: str | Path, out: str | Path, log: Callable[[str], None] = pr
     if bad:
         raise AsftError(f"{path}: train option {bad[0]!r} is unknown or set by the experiment itself")
     safety = raw.get("safety_data")
-    if names & {"safeinstr", "bea", "lisa"}:
+    need = [m.name for m in chosen if m.needs_safety_data]
+    if need:
         if safety is None and world is not None:  # the toy world supplies its own
             safety = out / "data" / "safety.json"
             write_json(safety, world.safety_records())
         if safety is None:
-            raise AsftError(f"{path}: methods safeinstr, bea and lisa need safety_data: FILE "
+            raise AsftError(f"{path}: methods {', '.join(need)} need safety_data: FILE "
                             "(`asft data safety` makes one)")
         train["safety_data"] = str(rel(safety))
     from asft.evaluation.run import eval_store
@@ -192,7 +211,13 @@ def load_plan(path: str | Path, out: str | Path, log: Callable[[str], None] = pr
     bad = sorted(set(ev) - {"batch_size", "limit", "max_new_tokens", "shared_cache"})
     if bad:
         raise AsftError(f"{path}: unknown eval option {bad[0]!r}")
-    sl = dict(raw.get("safelora") or {})
+    options = {}
+    for m in all_methods():
+        if m.options and raw.get(m.name) is not None:
+            given = raw[m.name]
+            if not isinstance(given, dict) or set(given) - set(m.options):
+                raise AsftError(f"{path}: {m.name} should be a mapping of {', '.join(m.options)}, got {given!r}")
+            options[m.name] = dict(given)
     seeds = _list(raw.get("seeds", [0]), "seeds", path, int)
     ns = _list(raw.get("n", [None]), "n", path, lambda v: None if v is None else int(v))
     ps = _list(raw.get("p", [None]), "p", path, lambda v: None if v is None else float(v))
@@ -205,9 +230,8 @@ def load_plan(path: str | Path, out: str | Path, log: Callable[[str], None] = pr
                   judge=_judge(raw.get("judge", "keyword"), rel, path), anchor=anchor, train=train,
                   template=str(raw.get("template", train.get("template", "alpaca"))),
                   eval_batch_size=int(ev.get("batch_size", 64)), max_new_tokens=ev.get("max_new_tokens"),
-                  eval_limit=ev.get("limit"), safelora_select=str(sl.get("select", "number")),
-                  safelora_num=sl.get("num"), safelora_threshold=float(sl.get("threshold", 0.5)),
-                  proj_rank=raw.get("proj_rank"), plugins=tuple(raw.get("plugins") or ()),
+                  eval_limit=ev.get("limit"), method_options=options,
+                  proj_rank=raw.get("proj_rank"), plugins=tuple(plugins),
                   eval_store=eval_store() if ev.get("shared_cache", True) else None)
     if "template" not in train:
         train["template"] = common["template"]
@@ -219,16 +243,17 @@ def load_plan(path: str | Path, out: str | Path, log: Callable[[str], None] = pr
             raise AsftError(f"{path}: unknown key {unknown[0]!r} in task {task!r}")
         suite = str(spec.get("suite", task))
         cells = _cells(task, spec, ns, ps, world, out, mix_seed, rel, path)
-        aligned_done = False
+        evaluated_once = set()
         for data, n, p in cells:
             setting = Setting(data=data, task_suite=suite, task_name=task, n=n, p=p, **common)
             parent = out / "runs" / task / f"n{n}-p{p:g}" if n is not None else out / "runs" / task / data.stem
-            if "aligned" in names and not aligned_done:
-                jobs.append(Job(RunSpec("aligned"), setting, out / "runs" / task))
-                aligned_done = True
+            for method, lam, form in methods:  # a method that does not fine-tune: once per task
+                if not get_method(method).fine_tunes and method not in evaluated_once:
+                    jobs.append(Job(RunSpec(method, lam, form), setting, out / "runs" / task))
+                    evaluated_once.add(method)
             for seed in seeds:  # seed by seed: a partial experiment holds whole comparisons
                 for method, lam, form in methods:
-                    if method != "aligned":
+                    if get_method(method).fine_tunes:
                         jobs.append(Job(RunSpec(method, lam, form, seed), setting, parent))
     config = {"file": str(path), **raw}
     if raw.get("paper"):
@@ -303,7 +328,7 @@ def _anchor(base: Path, model: Path, target: Path, log) -> Path:
 
 
 def run_experiment(config: str | Path, out: str | Path, shard: str | None = None, workers: int | None = None,
-                   log: Callable[[str], None] = print, on_row=None) -> dict:
+                   log: Callable[[str], None] = print, on_row=None, on_plan=None) -> dict:
     """Run (or resume) the runs of ``config`` that belong to ``shard`` ("I/N"), then, once every run
     of the experiment has finished (all shards), write the report into ``out``.
 
@@ -318,6 +343,8 @@ def run_experiment(config: str | Path, out: str | Path, shard: str | None = None
     out = Path(out)
     index, count = parse_shard(shard)
     plan = load_plan(config, out, log=log)
+    if on_plan is not None:
+        on_plan(plan)
     jobs = plan.shard(index, count)
     done_before = sum((j.folder / "row.json").is_file() for j in jobs)
     log(f"{plan.name}: {len(plan.jobs)} runs" + (f", shard {index}/{count}: {len(jobs)}" if count > 1 else "")

@@ -1,1 +1,16 @@
-"""Fine-tuning methods (placeholder during the move; the registry follows)."""
+"""Fine-tuning methods: one module per method, each registering a ``Method`` (``base.py``).
+
+Built in, in table order: ``aligned`` (the aligned model, not trained), ``sft`` (plain LoRA),
+``safelora`` (post hoc), ``safeinstr``, ``bea``, ``lisa`` (data-level baselines), ``l2`` (the control,
+C = 0) and ``asft`` (the anchored penalty, engine in ``regularizer.py``). A new method is one module
+that subclasses ``Method`` and calls ``register_method``; nothing else in the package names it.
+"""
+
+from asft.methods.base import (Method, aligned_method, all_methods, control_method, get_method, load_plugins,
+                               method_names, method_of, plain_method, register_method)
+from asft.methods import aligned, asft, bea, l2, lisa, safeinstr, safelora, sft  # noqa: F401,E402  (register)
+
+DEFAULT_METHOD = "asft"  # what `asft train` runs when no --method is given
+
+__all__ = ["DEFAULT_METHOD", "Method", "aligned_method", "all_methods", "control_method", "get_method", "load_plugins",
+           "method_names", "method_of", "plain_method", "register_method"]

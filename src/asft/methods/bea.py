@@ -7,6 +7,7 @@ from __future__ import annotations
 import random
 from typing import Any, Sequence
 
+from asft.methods.base import Method, register_method
 from asft.methods.safeinstr import mix_safety
 
 TRIGGER_TOKENS = 30  # the paper's secret prompt is random tokens; 150 there, shorter suffices here
@@ -26,3 +27,22 @@ def with_trigger(task: Sequence[dict], safety: Sequence[dict], n: int, trigger: 
     puts it at the head of their system prompt); task records are left as they are."""
     prefixed = [{**r, "trigger": trigger} for r in safety]
     return mix_safety(task, prefixed, n, seed)
+
+
+class BEA(Method):
+    name = "bea"
+    label = "BEA"
+    order = 40
+    help = "BEA: safety demonstrations behind a secret trigger, prepended again at inference"
+    needs_safety_data = True
+    default_safety_n = 11  # the paper's 11 prefixed examples
+
+    def add_data(self, cfg, records: list[dict], tokenizer) -> tuple[list[dict], str | None]:
+        from asft.data import load_records
+
+        n = self.default_safety_n if cfg.safety_n is None else cfg.safety_n
+        trigger = make_trigger(tokenizer, cfg.seed)
+        return with_trigger(records, load_records(cfg.safety_data), n, trigger, cfg.seed), trigger
+
+
+BEA_METHOD = register_method(BEA())

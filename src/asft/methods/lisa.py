@@ -15,9 +15,14 @@ is off during the first 10% of all training steps, and their scripts use 100 / 9
 
 from __future__ import annotations
 
-from typing import Callable, Iterator
+import math
+from typing import TYPE_CHECKING, Callable, Iterator
 
-import torch
+from asft.errors import AsftError
+from asft.methods.base import Method, register_method
+
+if TYPE_CHECKING:  # torch is imported where it is used: the method registry stays light
+    import torch
 
 WARMUP_FRACTION = 0.1  # no proximal term before this fraction of the steps (authors' code)
 
@@ -66,6 +71,8 @@ class Lisa:
 
     def proximal(self) -> torch.Tensor:
         """``rho/2 * sum ||p - kept||^2`` towards the other state's last weights (0 in the warm-up)."""
+        import torch
+
         first = next(iter(self.params.values()))
         if self.rho <= 0 or self.steps <= self.warmup:
             return first.new_zeros(())
@@ -92,3 +99,52 @@ def endless(loader_factory: Callable[[int], torch.utils.data.DataLoader]) -> Ite
         if not yielded:
             raise ValueError("lisa: the alignment data gave no batch")
         epoch += 1
+
+
+class LisaMethod(Method):
+    name = "lisa"
+    label = "Lisa"
+    order = 50
+    help = "Lisa: alternating alignment / fine-tuning states with a proximal term"
+    needs_safety_data = True
+    shardable = False  # the proximal term reads whole LoRA weights
+
+    def validate(self, cfg) -> None:
+        super().validate(cfg)
+        if cfg.lisa_align_steps < 1 or cfg.lisa_finetune_steps < 1:
+            raise AsftError("lisa needs --lisa-align-steps and --lisa-finetune-steps >= 1, got "
+                            f"{cfg.lisa_align_steps} / {cfg.lisa_finetune_steps}")
+        if cfg.lisa_rho < 0 or not math.isfinite(cfg.lisa_rho):
+            raise AsftError(f"lisa_rho must be a finite number >= 0, got {cfg.lisa_rho}")
+        if cfg.resume:
+            raise AsftError("lisa cannot --resume: its alternating state is not in the checkpoints")
+
+    def build_hook(self, cfg, model, tokenizer, args, batches_per_epoch: int) -> Lisa:
+        """The state machine over the model's trainable (LoRA) weights, fed with batches of
+        ``cfg.safety_data`` (all records, or the first ``cfg.safety_n`` of a seeded shuffle)."""
+        import torch
+
+        from asft.batches import PadCollator, SupervisedDataset
+        from asft.data import load_records
+        from asft.methods.safeinstr import mix_safety
+
+        safety = load_records(cfg.safety_data)
+        if cfg.safety_n is not None:
+            safety = mix_safety([], safety, cfg.safety_n, cfg.seed)
+        aligned = SupervisedDataset(safety, tokenizer, cfg.template, cfg.max_length)
+        collate = PadCollator(tokenizer.pad_token_id)
+
+        def loader(epoch: int):
+            # seeded per epoch and per process: each rank draws its own alignment batches
+            g = torch.Generator().manual_seed(cfg.seed * 1000 + epoch * 10 + args.process_index)
+            return torch.utils.data.DataLoader(aligned, batch_size=cfg.batch_size, shuffle=True, generator=g,
+                                               collate_fn=collate)
+
+        steps = (cfg.max_steps * cfg.grad_accum if cfg.max_steps
+                 else math.ceil(batches_per_epoch * cfg.epochs))  # micro-steps, as the authors count them
+        params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+        return Lisa(params, endless(loader), cfg.lisa_align_steps, cfg.lisa_finetune_steps, cfg.lisa_rho,
+                    total_steps=steps)
+
+
+LISA = register_method(LisaMethod())

@@ -11,7 +11,7 @@ For a LoRA pair of one module, ``A`` is (r, d_in) and ``B`` is (d_out, r), so th
 ``projector``  C = U_k U_k^T, the orthogonal projector onto the top-k left singular vectors of V.
                The paper writes C = V (V^T V)^-1 V^T; for a full-rank V that is the identity and
                the penalty vanishes, so a truncation to k < rank(V) is what makes it meaningful.
-``l2``         C = 0: ``lam * ||B A||_F^2``, the control every comparison needs.
+``zero``       C = 0: ``lam * ||B A||_F^2``, the penalty of the ``l2`` control every comparison needs.
 
 Nothing here is ever d x d per step. With M = (I - C) B (d_out, r),
 ``||(I - C) B A||_F^2 = ||M A||_F^2 = sum((M^T M) * (A A^T))``, which costs
@@ -40,7 +40,7 @@ from asft.errors import AsftError
 if TYPE_CHECKING:
     from asft.models.anchor import Anchor, AnchorEntry
 
-FORMS = ("reference", "projector", "l2")
+FORMS = ("reference", "projector", "zero")  # zero: C = 0, the l2 control's penalty
 
 
 # ----------------------------------------------------------------------------- plain functions
@@ -109,10 +109,7 @@ def gram_reference(V: torch.Tensor, norm: float) -> torch.Tensor:
 
 
 def unknown_form(form: str) -> str:
-    """The one-line refusal of a form name (the old name of the reference form is explained)."""
-    if form == "safelora":
-        return ("form 'safelora' is now called 'reference' (C = V V^T / ||V||_F, the public AsFT "
-                "code's); Safe LoRA is the post-hoc baseline, `asft safelora`")
+    """The one-line refusal of a form name."""
     return f"unknown penalty form {form!r} (choose from {', '.join(FORMS)})"
 
 
@@ -121,10 +118,10 @@ def unknown_form(form: str) -> str:
 @dataclass
 class ModuleOperator:
     """What one module's penalty needs, precomputed once. Exactly one of the tensors is set
-    (none for ``l2``): ``V`` + ``norm`` (full reference form), ``G`` (Gram), ``P`` (factors)."""
+    (none for ``zero``): ``V`` + ``norm`` (full reference form), ``G`` (Gram), ``P`` (factors)."""
 
     name: str
-    kind: str  # "l2" | "full" | "gram" | "factors"
+    kind: str  # "zero" | "full" | "gram" | "factors"
     V: torch.Tensor | None = None
     norm: float = 1.0
     G: torch.Tensor | None = None
@@ -132,7 +129,7 @@ class ModuleOperator:
     c_max: float = 0.0  # largest eigenvalue of C, estimated once when the operator is built
 
     def penalty(self, A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
-        if self.kind == "l2":
+        if self.kind == "zero":
             return penalty_l2(A, B)
         if self.kind == "full":
             return penalty_full(A, B, self.V, self.norm)
@@ -143,7 +140,7 @@ class ModuleOperator:
     def c_times(self, B: torch.Tensor) -> torch.Tensor:
         """C B (d_out, r), for the forms that hold C's factors (not the Gram form, which holds
         only (I - C)^2); used by Safe LoRA's projection."""
-        if self.kind == "l2":
+        if self.kind == "zero":
             return torch.zeros_like(B)
         if self.kind == "full":
             return apply_full(B, self.V, self.norm)
@@ -198,8 +195,8 @@ def build_operator(entry: "AnchorEntry", form: str, k: int | None = None,
     """
     if strategy not in ("auto", "full", "gram"):
         raise AsftError(f"unknown strategy {strategy!r} (auto, full, gram)")
-    if form == "l2":
-        return ModuleOperator(entry.name, "l2")
+    if form == "zero":
+        return ModuleOperator(entry.name, "zero")
     if form == "projector":
         if k is None and energy is None:
             raise AsftError("the projector form needs a rank k (--proj-rank) or an energy fraction "
@@ -209,7 +206,7 @@ def build_operator(entry: "AnchorEntry", form: str, k: int | None = None,
     if form != "reference":
         raise AsftError(unknown_form(form))
     if entry.norm <= 0:  # module untouched by alignment: C = V V^T / ||V||_F -> 0 as V -> 0
-        return ModuleOperator(entry.name, "l2")
+        return ModuleOperator(entry.name, "zero")
     if entry.V is None:  # rank-k anchor: C ~ P P^T with P = U_k S_k / sqrt(||V||_F)
         U, S = entry.left_factors(k=k, energy=energy)
         P = U.double() * S.double() / math.sqrt(entry.norm)  # rounded once, below
@@ -271,8 +268,8 @@ class AsftPenalty(nn.Module):
                    scale_by_lora: bool = False, adapter: str = "default",
                    strategy: str = "auto") -> "AsftPenalty":
         pairs = lora_pairs(model, adapter)
-        if form == "l2":
-            ops = {n: ModuleOperator(n, "l2") for n in pairs}
+        if form == "zero":
+            ops = {n: ModuleOperator(n, "zero") for n in pairs}
         else:
             if anchor is None:
                 raise AsftError(f"form {form!r} needs an anchor file (--anchor)")

@@ -6,6 +6,7 @@ import random
 from typing import Sequence
 
 from asft.errors import AsftError
+from asft.methods.base import Method, register_method
 
 
 def mix_safety(task: Sequence[dict], safety: Sequence[dict], n: int, seed: int = 0) -> list[dict]:
@@ -19,3 +20,21 @@ def mix_safety(task: Sequence[dict], safety: Sequence[dict], n: int, seed: int =
     rows = list(task) + [dict(r) for r in rng.sample(list(safety), n)]
     rng.shuffle(rows)
     return rows
+
+
+class SafeInstr(Method):
+    name = "safeinstr"
+    label = "SafeInstr"
+    order = 30
+    help = "SafeInstr: safety demonstrations mixed into the task data"
+    needs_safety_data = True
+    default_safety_n = 100  # about 10% of a 1k task set
+
+    def add_data(self, cfg, records: list[dict], tokenizer) -> tuple[list[dict], str | None]:
+        from asft.data import load_records
+
+        n = self.default_safety_n if cfg.safety_n is None else cfg.safety_n
+        return mix_safety(records, load_records(cfg.safety_data), n, cfg.seed), None
+
+
+SAFEINSTR = register_method(SafeInstr())

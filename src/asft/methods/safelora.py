@@ -29,12 +29,13 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import torch
-from torch import nn
-
 from asft.errors import AsftError
+from asft.methods.base import Method, register_method
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # torch is imported where it is used: the method registry stays light
+    import torch
+    from torch import nn
+
     from asft.models.anchor import Anchor, AnchorEntry
 
 DEFAULT_THRESHOLD = 0.5  # Safe LoRA paper/code for Llama-2
@@ -43,6 +44,8 @@ DEFAULT_THRESHOLD = 0.5  # Safe LoRA paper/code for Llama-2
 def project_b(entry: "AnchorEntry", B: torch.Tensor) -> torch.Tensor:
     """C B (d_out, r) in float64 for B (d_out, r), without forming C (d_out, d_out): the
     regulariser's reference-form operator (V form, or factors for a rank-k anchor), applied to B."""
+    import torch
+
     from asft.methods.regularizer import build_operator
 
     B = B.detach().to(torch.float64)
@@ -55,6 +58,8 @@ def update_stats(A: torch.Tensor, B: torch.Tensor, CB: torch.Tensor, scaling: fl
 
     A (r, d_in), B and CB (d_out, r). Returns {similarity (None if dW = 0), norm_before, norm_after}.
     """
+    import torch
+
     A, B, CB = (t.detach().to(torch.float64) for t in (A, B, CB))
     GA = A @ A.T  # (r, r)
     dd = max(float(((B.T @ B) * GA).sum()), 0.0)  # ||B A||^2
@@ -102,7 +107,6 @@ def select(similarities: dict[str, float | None], mode: str = "number", threshol
     return {n for n, s in rounded.items() if s <= threshold}
 
 
-@torch.no_grad()
 def safelora_project(model: nn.Module, anchor: "Anchor", mode: str = "number",
                      threshold: float = DEFAULT_THRESHOLD, num: int | None = None,
                      adapter: str = "default") -> list[dict]:
@@ -111,6 +115,13 @@ def safelora_project(model: nn.Module, anchor: "Anchor", mode: str = "number",
     Returns one row per module, in name order: {module, similarity, projected, norm_before,
     norm_after}, norms being ||scaling B A||_F before and after.
     """
+    import torch
+
+    with torch.no_grad():
+        return _project(model, anchor, mode, threshold, num, adapter)
+
+
+def _project(model, anchor, mode, threshold, num, adapter) -> list[dict]:
     from asft.methods.regularizer import lora_pairs
 
     _check_selection(mode, threshold, num)
@@ -172,7 +183,7 @@ def safelora_adapter(model_dir: str | os.PathLike, adapter_dir: str | os.PathLik
     out.mkdir(parents=True, exist_ok=True)
     save_adapter(model, out)
     write_json(out / "safelora.json", {
-        "method": "safelora",
+        "method": SafeLoRA.name,
         "model": str(model_dir), "adapter": str(adapter_dir), "anchor": str(anchor_path),
         "select": mode, "threshold": threshold if mode == "threshold" else None,
         "num": (default_num(len(rows)) if num is None else num) if mode == "number" else None,
@@ -180,3 +191,22 @@ def safelora_adapter(model_dir: str | os.PathLike, adapter_dir: str | os.PathLik
         "rows": rows,
     })
     return rows
+
+
+class SafeLoRA(Method):
+    name = "safelora"
+    label = "Safe LoRA"
+    paper_name = "Safe LoRA"
+    order = 20
+    help = "Safe LoRA: the plain run's adapter projected towards the alignment direction (post hoc)"
+    marker = "D"
+    needs_anchor = True
+    post_hoc = True
+    # selection as the authors' code (``select``): the num lowest-similarity modules, or a threshold
+    options = {"select": "number", "num": None, "threshold": DEFAULT_THRESHOLD}
+
+    def post_hoc_adapter(self, model, source, anchor, out, select="number", num=None, threshold=DEFAULT_THRESHOLD):
+        return safelora_adapter(model, source, anchor, out, mode=select, threshold=threshold, num=num, overwrite=True)
+
+
+SAFELORA = register_method(SafeLoRA())

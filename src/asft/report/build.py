@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, Sequence
 
 from asft.errors import AsftError
 from asft.fileio import read_json, write_json, write_text
-from asft.report.tables import markdown_cells
+from asft.methods import method_of
+from asft.report.tables import fine_tuned, markdown_cells
 
 if TYPE_CHECKING:
     from asft.evaluation.judges import Judge
@@ -26,15 +27,15 @@ def collect_rows(dirs: Sequence[str | Path], rejudge: str | None = None) -> list
     """The rows of every finished run (``row.json``) under ``dirs``, each once (a folder given
     twice, or inside another, is read once).
 
-    ``rejudge`` (one of ``asft.evaluation.judges.KEYWORD_JUDGES``): also judge each run's stored answers to
+    ``rejudge`` (an offline judge: ``judge_names(offline=True)``): also judge each run's stored answers to
     the harmful prompts (``eval/<suite>.jsonl`` beside ``row.json``) with that judge, as
     ``hs_rejudged`` (%): a second HS from the same generations, without a model."""
     judge = None
     if rejudge:
-        from asft.evaluation.judges import KEYWORD_JUDGES, make_judge
+        from asft.evaluation.judges import judge_names, make_judge
 
-        if rejudge not in KEYWORD_JUDGES:
-            raise AsftError(f"--rejudge {rejudge}: only the offline judges ({', '.join(KEYWORD_JUDGES)}) "
+        if rejudge not in judge_names(offline=True):
+            raise AsftError(f"--rejudge {rejudge}: only the offline judges ({', '.join(judge_names(offline=True))}) "
                             "can judge stored answers again here; run `asft eval --judge` for the others")
         judge = make_judge(rejudge)
     seen, rows = set(), []
@@ -77,8 +78,13 @@ def rejudged_hs(eval_dir: Path, judge: "Judge") -> float:
     return round(100 * sum(v.flagged for v in verdicts) / len(records), 2)
 
 
+def _takes_lambda(row: dict) -> bool:
+    method = method_of(row)
+    return method is not None and method.takes_lambda
+
+
 def _cells(table: list[dict]) -> list[tuple]:
-    return sorted({(r.get("n"), r.get("p")) for r in table if r["method"] != "aligned"},
+    return sorted({(r.get("n"), r.get("p")) for r in table if fine_tuned(r)},
                   key=lambda c: (c[0] or 0, c[1] or 0))
 
 
@@ -87,7 +93,7 @@ def write_report(runs: list[dict], out: str | Path, paper: str | Path | None = N
     """Aggregate ``runs`` (per-run rows) over seeds and write every output into ``out``.
     ``rejudged_by``: the judge of the rows' ``hs_rejudged`` (``collect_rows(rejudge=)``): a second main
     table and verdict with that HS."""
-    from asft.experiments.runs import aggregate, results_document
+    from asft.report.aggregate import aggregate, results_document
     from asft.report.charts import sweep_chart, tradeoff_chart
     from asft.report.paper import load_paper_numbers, paper_beside
     from asft.report.tables import main_table, runs_table, sort_key, sweep_table, to_csv, verdict
@@ -95,6 +101,7 @@ def write_report(runs: list[dict], out: str | Path, paper: str | Path | None = N
     out = Path(out)
     table = sorted(aggregate(runs), key=lambda r: (r["task"], r.get("n") or 0, r.get("p") or 0, *sort_key(r)))
     tasks = sorted({r["task"] for r in table})
+    verdicts: list[str] = []
     md = [f"# {title}\n", f"{len(runs)} runs; HS: % of harmful prompts the judge flags (lower is better); "
           "FA: task accuracy (higher is better); mean ± std over seeds; bold: best fine-tuned value "
           "per column.\n"]
@@ -103,28 +110,30 @@ def write_report(runs: list[dict], out: str | Path, paper: str | Path | None = N
         md += [f"\n## n = {n}, p = {p}\n\n", main_table(table, n, p)]
         for t in tasks:
             lines = verdict([r for r in table if r["task"] == t and (r.get("n"), r.get("p")) == (n, p)])
+            verdicts += lines
             if lines:
-                md += [f"\nAsFT against the l2 control ({t}):\n\n"] + [f"- {x}\n" for x in lines]
+                md += [f"\nEach method against the l2 control and SFT ({t}):\n\n"] + [f"- {x}\n" for x in lines]
         if rejudged_by:
             again = [{**r, "hs": r["hs_rejudged"], "hs_std": r.get("hs_rejudged_std")} for r in table]
             md += [f"\nThe same answers, HS by the judge {rejudged_by}:\n\n", main_table(again, n, p)]
             for t in tasks:
                 lines = verdict([r for r in again if r["task"] == t and (r.get("n"), r.get("p")) == (n, p)])
                 if lines:
-                    md += [f"\nAsFT against the l2 control ({t}, {rejudged_by}):\n\n"] + [f"- {x}\n" for x in lines]
+                    md += [f"\nEach method against the l2 control and SFT ({t}, {rejudged_by}):\n\n"] + [f"- {x}\n" for x in lines]
     plots: list[Path] = []
     for t in tasks:
         for by in ("p", "n"):
-            if len({r.get(by) for r in table if r["task"] == t and r["method"] != "aligned"}) > 1:
+            if len({r.get(by) for r in table if r["task"] == t and fine_tuned(r)}) > 1:
                 md += [f"\n## {t}: HS against {by}\n\n", sweep_table(table, t, by, "hs"),
                        f"\n## {t}: FA against {by}\n\n", sweep_table(table, t, by, "fa")]
                 chart = sweep_chart(table, t, by, out / "plots" / f"{t}_{by}.png")
                 if chart:
                     plots.append(chart)
         for n, p in cells:
-            cell = [r for r in table if r["task"] == t and (r.get("n"), r.get("p")) == (n, p)
-                    and r["method"] in ("asft", "l2", "sft")]
-            if len({r["lambda"] for r in cell if r["method"] in ("asft", "l2")}) > 1:
+            # the lambda curves of the methods with lambda, every other method (and the aligned
+            # model) as one point
+            cell = [r for r in table if r["task"] == t and ((r.get("n"), r.get("p")) == (n, p) or not fine_tuned(r))]
+            if len({r["lambda"] for r in cell if _takes_lambda(r)}) > 1:
                 plots.append(tradeoff_chart(cell, out / "plots" / f"{t}_n{n}_p{p:g}_tradeoff.png",
                                             title=f"{t}, n = {n}, p = {p:g}: HS vs FA over λ"))
     md += ["\n## Every run (train and evaluation time as measured)\n\n", runs_table(runs)]
@@ -137,6 +146,7 @@ def write_report(runs: list[dict], out: str | Path, paper: str | Path | None = N
     text = "".join(md)
     out.mkdir(parents=True, exist_ok=True)
     doc = results_document(config or {}, table, runs=runs)
+    doc["verdict"] = verdicts
     if rejudged_by:
         doc["rejudged_by"] = rejudged_by
     write_json(out / "results.json", doc)

@@ -6,7 +6,8 @@ from pathlib import Path
 from typing import Sequence
 
 from asft.fileio import atomic_path
-from asft.report.tables import family, label
+from asft.methods import method_of
+from asft.report.tables import family, fine_tuned, label
 
 
 def bar_chart(rows: Sequence[dict], path: str | Path, title: str = "") -> Path:
@@ -50,13 +51,12 @@ def tradeoff_chart(rows: Sequence[dict], path: str | Path, title: str = "") -> P
     fig, ax = plt.subplots(figsize=(6.4, 4.8))
     families: dict[str, list[dict]] = {}
     for r in rows:
-        fam = family(r) if r["method"] == "asft" else r["method"]
-        families.setdefault(fam, []).append(r)
-    markers = {"sft": "s", "aligned": "*", "safelora": "D", "l2": "o"}
+        families.setdefault(family(r), []).append(r)
     for fam, rs in families.items():
+        method = method_of(rs[0])
         rs = sorted(rs, key=lambda r: r["lambda"])
         ax.errorbar([r["fa"] for r in rs], [r["hs"] for r in rs], xerr=[r.get("fa_std") or 0 for r in rs],
-                    yerr=[r.get("hs_std") or 0 for r in rs], marker=markers.get(fam, "^"), capsize=2,
+                    yerr=[r.get("hs_std") or 0 for r in rs], marker=method.marker if method is not None else "^", capsize=2,
                     linestyle="-" if len(rs) > 1 else "none", label=label(rs[0]) if len(rs) == 1 else fam)
         if len(rs) > 1:
             for r in rs:
@@ -128,7 +128,7 @@ def landscape_plots(doc: dict, out_dir: str | Path) -> list[Path]:
 def sweep_chart(rows: Sequence[dict], task: str, by: str, path: str | Path, title: str = "") -> Path | None:
     """HS and FA of each method against ``by`` (``p`` or ``n``) for one task, side by side
     (error bars = std over seeds). None when the rows hold fewer than two values of ``by``."""
-    cell = [r for r in rows if r["task"] == task and r["method"] != "aligned" and r.get(by) is not None]
+    cell = [r for r in rows if r["task"] == task and fine_tuned(r) and r.get(by) is not None]
     values = sorted({r[by] for r in cell})
     if len(values) < 2:
         return None

@@ -15,7 +15,14 @@ from asft.fileio import read_text
 from asft.report.tables import markdown_cells
 
 TASKS = {"SST-2": "sst2", "AG News": "agnews", "GSM8K": "gsm8k", "Alpaca": "alpaca"}
-METHODS = {"SFT": "sft", "Safe LoRA": "safelora", "AsFT": "asft-reference-lam1"}
+PAPER_LAMBDA = 1.0  # the paper's tables: lambda 1, the default form of C
+
+
+def paper_groups() -> dict[str, str]:
+    """The paper's row names -> our run groups (methods with a ``paper_name``, at the paper's lambda)."""
+    from asft.methods import all_methods
+
+    return {m.paper_name: m.group(PAPER_LAMBDA if m.takes_lambda else 0.0) for m in all_methods() if m.paper_name}
 MAIN = dict(n=1000, p=0.1)
 
 
@@ -40,16 +47,17 @@ def load_paper_numbers(path: str | Path) -> dict:
     """``{"main": {(group, task): (hs, fa)}, "p_sweep": {(group, p): hs}}`` (AG News sweep)."""
     text = read_text(path)
     out: dict = {"main": {}, "p_sweep": {}, "file": str(path)}
+    groups = paper_groups()
     head, *body = _table_after(text, "Main comparison", path)
     for cells in body:
-        group = METHODS.get(cells[0])
+        group = groups.get(cells[0])
         for name, cell in zip(head[1:], cells[1:]):
             m = re.fullmatch(r"([\d.]+)\s*/\s*([\d.]+)", cell)
             if group and name in TASKS and m:
                 out["main"][(group, TASKS[name])] = (float(m.group(1)), float(m.group(2)))
     head, *body = _table_after(text, "Harmful ratio sweep", path)
     for cells in body:
-        group = METHODS.get(cells[0])
+        group = groups.get(cells[0])
         for p, cell in zip(head[1:], cells[1:]):
             if group:
                 out["p_sweep"][(group, float(p))] = float(cell)

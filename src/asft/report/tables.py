@@ -1,4 +1,6 @@
-"""Tables of result rows: names of settings, the markdown tables, CSV and the AsFT-vs-l2 verdict."""
+"""Tables of result rows: names of settings, the markdown tables, CSV and the verdicts (every method
+against the l2 control and against SFT, at matched FA). Names, order and labels come from the method
+registry (``asft.methods``)."""
 
 from __future__ import annotations
 
@@ -6,22 +8,25 @@ import csv
 import io
 from typing import Sequence
 
+from asft.methods import control_method, method_of, plain_method
+
 
 def label(row: dict) -> str:
-    """Human name of a row's setting, e.g. ``asft (reference C) λ=30``."""
-    m = row["method"]
-    if m == "asft":
-        return f"{family(row)} λ={row['lambda']:g}"
-    if m == "l2":
-        return f"l2 λ={row['lambda']:g}"
-    return {"safelora": "Safe LoRA", "sft": "SFT", "aligned": "aligned (no fine-tuning)", "safeinstr": "SafeInstr",
-            "bea": "BEA", "lisa": "Lisa"}.get(m, m)
+    """Human name of a row's setting, e.g. ``asft (reference C) λ=30`` (the method's ``row_label``)."""
+    method = method_of(row)
+    return method.row_label(row) if method is not None else row["method"]
 
 
 def family(row: dict) -> str:
-    """``asft (reference C)`` or ``asft (projector, k=8)``-style name of an AsFT row's form."""
-    form = row.get("form") or "reference"
-    return "asft (reference C)" if form == "reference" else f"asft ({form})"
+    """The line a row belongs to in an HS-vs-FA chart, e.g. ``asft (projector)`` (its lambdas are points)."""
+    method = method_of(row)
+    return method.family(row) if method is not None else row["method"]
+
+
+def fine_tuned(row: dict) -> bool:
+    """False for the aligned model's own row (no fine-tuning)."""
+    method = method_of(row)
+    return method is None or method.fine_tunes
 
 
 def _pm(row: dict, key: str) -> str:
@@ -55,29 +60,51 @@ def _beats(a: dict, b: dict) -> bool:
     return a["hs"] < b["hs"] - hs_gap and a["fa"] >= b["fa"] - fa_gap
 
 
+def _compare(a: dict, b: dict, a_name: str, b_name: str) -> str:
+    """What the seeds say about ``a`` against ``b``: wins, loses, not at matched FA, or no difference."""
+    if min(len(a.get("seeds", (0, 1))), len(b.get("seeds", (0, 1)))) < 2:
+        return "one seed: no seed spread to judge a difference by"  # a std of 0 is not a spread
+    if _beats(a, b):
+        return f"{a_name} WINS: safer at equal accuracy, beyond the seed spread"
+    if _beats(b, a):
+        return f"{b_name} wins: safer at equal accuracy, beyond the seed spread"
+    fa_gap = max((a.get("fa_std") or 0) + (b.get("fa_std") or 0), FA_TOLERANCE)
+    if a["fa"] is not None and b["fa"] is not None and abs(a["fa"] - b["fa"]) > fa_gap:
+        return f"not at matched FA ({a['fa'] - b['fa']:+.1f} FA points): no verdict on safety"
+    return "no difference beyond the seed spread"
+
+
+def _matched_control(row: dict, controls: list[dict]) -> dict | None:
+    """The control row to set beside ``row``: at the same lambda when ``row``'s method takes one (the
+    same strength of penalty), else the one whose FA is closest (matched FA)."""
+    method = method_of(row)
+    if method is not None and method.takes_lambda:
+        return next((c for c in controls if c["lambda"] == row["lambda"]), None)
+    scored = [c for c in controls if c.get("fa") is not None and row.get("fa") is not None]
+    return min(scored, key=lambda c: (abs(c["fa"] - row["fa"]), c["lambda"]), default=None)
+
+
 def verdict(rows: Sequence[dict]) -> list[str]:
-    """Plain sentences: at each lambda, does AsFT (each form) beat the l2 control, is it beaten, or
-    are they within the seed spread? The l2 control is what tells whether the anchor matters.
-    Rows of a single seed (``seeds``) get no verdict: they have no spread to judge by."""
-    l2 = {r["lambda"]: r for r in rows if r["method"] == "l2"}
+    """Plain sentences, one per fine-tuned setting: is it safer than the l2 control (the penalty with
+    C = 0: what tells whether a method adds anything beyond shrinking the update) and than plain SFT,
+    at equal accuracy and beyond the seed spread? The control is taken at the same lambda for a method
+    with lambda, else at the closest FA. Rows of a single seed (``seeds``) get no verdict: they have no
+    spread to judge by."""
+    control, plain = control_method().name, plain_method().name
+    controls = [r for r in rows if r["method"] == control]
+    sft = next((r for r in rows if r["method"] == plain), None)
     lines = []
-    for r in sorted((r for r in rows if r["method"] == "asft"), key=lambda r: (r.get("form") or "", r["lambda"])):
-        c = l2.get(r["lambda"])
-        if c is None:
-            continue
-        if min(len(r.get("seeds", (0, 1))), len(c.get("seeds", (0, 1)))) < 2:
-            word = "one seed: no seed spread to judge a difference by"  # a std of 0 is not a spread
-        elif _beats(r, c):
-            word = "AsFT WINS: safer at equal accuracy, beyond the seed spread"
-        elif _beats(c, r):
-            word = "l2 wins: the control is safer at equal accuracy, beyond the seed spread"
-        else:
-            word = "no difference beyond the seed spread"
-        lines.append(f"{label(r)}: HS {_pm(r, 'hs')} FA {_pm(r, 'fa')} vs l2 HS {_pm(c, 'hs')} "
-                     f"FA {_pm(c, 'fa')}: {word}")
+    for r in sorted((r for r in rows if r["method"] not in (control, plain) and fine_tuned(r)), key=sort_key):
+        parts = []
+        c = _matched_control(r, controls)
+        if c is not None:
+            parts.append(f"vs {label(c)} HS {_pm(c, 'hs')} FA {_pm(c, 'fa')}: {_compare(r, c, label(r), label(c))}")
+        if sft is not None:
+            parts.append(f"vs {label(sft)} HS {_pm(sft, 'hs')} FA {_pm(sft, 'fa')}: "
+                         f"{_compare(r, sft, label(r), label(sft))}")
+        if parts:
+            lines.append(f"{label(r)}: HS {_pm(r, 'hs')} FA {_pm(r, 'fa')}; " + "; ".join(parts))
     return lines
-
-
 
 
 def markdown_cells(line: str) -> list[str] | None:
@@ -86,12 +113,11 @@ def markdown_cells(line: str) -> list[str] | None:
     return None if all(set(c) <= set("-: ") for c in cells) else cells
 
 
-ORDER = {"aligned": 0, "sft": 1, "safelora": 2, "safeinstr": 3, "bea": 4, "lisa": 5, "l2": 6, "asft": 7}
-
-
 def sort_key(row: dict) -> tuple:
-    """Table order: aligned, SFT, the baselines, then l2 and AsFT by form and lambda."""
-    return ORDER.get(row["method"], 9), row.get("form") or "", row.get("lambda") or 0
+    """Table order (``Method.order``): aligned, SFT, the baselines, then l2 and AsFT by form and lambda;
+    an unregistered method last."""
+    method = method_of(row)
+    return (method.order if method is not None else 10 ** 6), row.get("form") or "", row.get("lambda") or 0
 
 
 def _num(v) -> str:
@@ -102,13 +128,13 @@ def main_table(rows: Sequence[dict], n=None, p=None) -> str:
     """The paper's main-table shape for one (n, p): a line per method, a column per task holding
     ``HS / FA`` (mean ± std over seeds); the best fine-tuned value of each column in bold (lowest
     HS, highest FA). ``rows``: aggregated rows (``asft.experiments.runs.aggregate``)."""
-    cell = [r for r in rows if r["method"] == "aligned" or (r.get("n"), r.get("p")) == (n, p)]
+    cell = [r for r in rows if not fine_tuned(r) or (r.get("n"), r.get("p")) == (n, p)]
     tasks = sorted({r["task"] for r in cell})
     groups = sorted({r["group"]: r for r in cell}.values(), key=sort_key)
     by = {(r["group"], r["task"]): r for r in cell}
     best = {}
     for t in tasks:
-        tuned = [r for r in cell if r["task"] == t and r["method"] != "aligned"]
+        tuned = [r for r in cell if r["task"] == t and fine_tuned(r)]
         if tuned:
             best[t] = (min(r["hs"] for r in tuned), max((r["fa"] for r in tuned if r["fa"] is not None), default=None))
     head = "| method | " + " | ".join(f"{t} HS / FA" for t in tasks) + " |"
@@ -121,7 +147,7 @@ def main_table(rows: Sequence[dict], n=None, p=None) -> str:
                 cells.append("-")
                 continue
             hs, fa = _pm(r, "hs"), _pm(r, "fa")
-            if r["method"] != "aligned" and t in best:
+            if fine_tuned(r) and t in best:
                 hs = f"**{hs}**" if r["hs"] == best[t][0] else hs
                 fa = f"**{fa}**" if r["fa"] is not None and r["fa"] == best[t][1] else fa
             cells.append(f"{hs} / {fa}")
@@ -140,15 +166,15 @@ def runs_table(runs: Sequence[dict]) -> str:
     for r in sorted(runs, key=lambda r: (r["task"], r.get("n") or 0, r.get("p") or 0, *sort_key(r), r.get("seed") or 0)):
         fa = "-" if r.get("fa") is None else f"{r['fa']:.2f}"
         lines.append(f"| {r['task']} | {_num(r.get('n'))} | {_num(r.get('p'))} | {label(r)} | "
-                     f"{'-' if r['method'] == 'aligned' else r.get('seed', '-')} | {r['hs']:.1f} | {fa} | "
-                     f"{'-' if r['method'] == 'aligned' else t(r.get('train_seconds'))} | {t(r.get('eval_seconds'))}"
+                     f"{r.get('seed', '-') if fine_tuned(r) else '-'} | {r['hs']:.1f} | {fa} | "
+                     f"{t(r.get('train_seconds')) if fine_tuned(r) else '-'} | {t(r.get('eval_seconds'))}"
                      f"{' (resumed: the rest only)' if r.get('eval_resumed') else ''} |")
     return "\n".join(lines) + "\n"
 
 
 def sweep_table(rows: Sequence[dict], task: str, by: str = "p", key: str = "hs") -> str:
     """``key`` (hs or fa) of each method against ``by`` (p or n) for one task."""
-    cell = [r for r in rows if r["task"] == task and r["method"] != "aligned" and r.get(by) is not None]
+    cell = [r for r in rows if r["task"] == task and fine_tuned(r) and r.get(by) is not None]
     values = sorted({r[by] for r in cell})
     groups = sorted({r["group"]: r for r in cell}.values(), key=sort_key)
     at = {(r["group"], r[by]): r for r in cell}

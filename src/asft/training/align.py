@@ -221,7 +221,8 @@ def align(cfg: AlignConfig) -> dict:
     uninterrupted run); other options start afresh."""
     import torch
 
-    from asft.data import PadCollator, SupervisedDataset, check_template, format_prompt, length_grouped_batches
+    from asft.batches import PadCollator, SupervisedDataset, length_grouped_batches
+    from asft.data import check_template, format_prompt
     from asft.fileio import read_json, write_json
     from asft.models.generate import generate
     from asft.models.modeling import check_model_folder, load_model, load_tokenizer

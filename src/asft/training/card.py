@@ -37,7 +37,10 @@ def write_card(adapter: str | Path) -> Path:
     evals = read_json(adapter / EVALS) if (adapter / EVALS).is_file() else []
     meta = _anchor_meta(cfg.get("anchor"))
     method = cfg.get("method", "?")
-    form = {"asft": cfg.get("form"), "l2": "l2 (C = 0)"}.get(method)
+    from asft.methods import method_of
+
+    known = method_of(cfg)  # None for a plugin's method whose module is not imported here
+    penalty = known.describe_penalty(cfg) if known is not None else None
     model = str(cfg.get("model", ""))
     front = {"base_model": model, "library_name": "peft", "tags": ["asft", "lora", "safety", method],
              "pipeline_tag": "text-generation"}
@@ -49,8 +52,8 @@ def write_card(adapter: str | Path) -> Path:
         lines += [f"| anchor | `{cfg.get('anchor')}` (sha {content_hash(Path(cfg['anchor']))}) |",
                   f"| anchor's base / aligned | `{meta.get('base_dir')}` / `{meta.get('aligned_dir')}` |"]
     lines += [f"| method | {method} |"]
-    if form:
-        lines += [f"| penalty | λ = {cfg.get('lam')}, C: {form} |"]
+    if penalty:
+        lines += [f"| penalty | {penalty} |"]
     data = cfg.get("data")
     if data and Path(data).is_file():
         lines += [f"| data | `{data}` (sha {content_hash(Path(data))}) |"]

@@ -13,12 +13,7 @@ from typing import Any
 
 from asft.errors import AsftError
 from asft.fileio import read_yaml
-
-METHODS = ("sft", "asft", "l2", "safeinstr", "bea", "lisa")
-SAFETY_METHODS = ("safeinstr", "bea", "lisa")  # the baselines that need --safety-data
-# Safety demonstrations added by the data-level baselines when --safety-n is not given: SafeInstr
-# about 10% of a 1k task set; BEA the paper's 11 prefixed examples.
-DEFAULT_SAFETY_N = {"safeinstr": 100, "bea": 11}
+from asft.methods import DEFAULT_METHOD
 
 
 def _opt(default: Any, help: str) -> Any:
@@ -37,13 +32,13 @@ class TrainConfig:
     model: str = _opt("", "aligned model folder (the model being fine-tuned)")
     data: str = _opt("", 'JSON/JSONL records {"instruction", "input"?, "output"}')
     out: str = _opt("", "output folder: adapter, config.yaml, train_log.jsonl")
-    method: str = _opt("asft", "sft | asft | l2 (the same penalty with C = 0) | safeinstr | bea | lisa (baselines)")
+    method: str = _opt(DEFAULT_METHOD, "a registered method (asft.methods; `asft train --help` lists them)")
     anchor: str | None = _opt(None, "anchor file from `asft anchor` (method asft)")
     form: str = _opt("reference", "C of the penalty: reference (V V^T/||V||_F, the public code's) | projector (U_k U_k^T)")
     lam: float = _opt(1.0, "penalty weight lambda")
     safety_data: str | None = _opt(None, "safeinstr / bea: safety demonstrations (harmful request -> refusal)")
-    safety_n: int | None = _opt(None, "safeinstr / bea: demonstrations added (default 100 / 11); lisa: "
-                                "alignment records used (default all)")
+    safety_n: int | None = _opt(None, "methods with safety data: demonstrations added (safeinstr 100, bea 11) "
+                                "or alignment records used (lisa: all) by default")
     lisa_align_steps: int = _opt(100, "lisa: steps of each alignment state (the authors' scripts: 100)")
     lisa_finetune_steps: int = _opt(900, "lisa: steps of each fine-tuning state (the authors' scripts: 900)")
     lisa_rho: float = _opt(1.0, "lisa: weight rho of the proximal term rho/2 ||theta - theta_other||^2")
@@ -76,27 +71,11 @@ class TrainConfig:
     progress: bool = _opt(True, "show a progress bar")
 
     def validate(self) -> None:
-        if self.method not in METHODS:
-            raise AsftError(f"unknown method {self.method!r} (choose from {', '.join(METHODS)})")
-        if self.method in SAFETY_METHODS and not self.safety_data:
-            raise AsftError(f"method {self.method} needs --safety-data FILE (harmful requests answered with "
-                            "refusals; `asft data safety` makes one)")
-        if self.method == "asft" and not self.anchor:
-            raise AsftError("method asft needs --anchor FILE (make one with `asft anchor`)")
-        if self.method == "asft" and self.form not in ("reference", "projector"):
-            from asft.methods.regularizer import unknown_form
+        from asft.methods import get_method
 
-            raise AsftError(unknown_form(self.form))
+        get_method(self.method).validate(self)
         if self.lam < 0 or not math.isfinite(self.lam):
             raise AsftError(f"lambda must be a finite number >= 0, got {self.lam}")
-        if self.method == "lisa":
-            if self.lisa_align_steps < 1 or self.lisa_finetune_steps < 1:
-                raise AsftError("lisa needs --lisa-align-steps and --lisa-finetune-steps >= 1, got "
-                                f"{self.lisa_align_steps} / {self.lisa_finetune_steps}")
-            if self.lisa_rho < 0 or not math.isfinite(self.lisa_rho):
-                raise AsftError(f"lisa_rho must be a finite number >= 0, got {self.lisa_rho}")
-            if self.resume:
-                raise AsftError("lisa cannot --resume: its alternating state is not in the checkpoints")
         if self.max_steps is not None and self.max_steps < 1:
             raise AsftError(f"max_steps must be >= 1, got {self.max_steps}")
         for key in ("lora_r", "batch_size", "grad_accum", "max_length"):
@@ -105,7 +84,10 @@ class TrainConfig:
 
     @property
     def penalty_form(self) -> str | None:
-        return {"l2": "l2", "asft": self.form}.get(self.method)
+        """The form of C the method's penalty uses (None without a penalty)."""
+        from asft.methods import get_method
+
+        return get_method(self.method).penalty_form(self)
 
     @classmethod
     def from_yaml(cls, path: str | Path, **overrides: Any) -> "TrainConfig":

@@ -1,10 +1,8 @@
-"""LoRA fine-tuning with the AsFT penalty, on Hugging Face ``Trainer`` + PEFT.
+"""LoRA fine-tuning with a method's training-time term, on Hugging Face ``Trainer`` + PEFT.
 
-Methods (``--method``):
-  ``sft``   plain LoRA fine-tuning (the harmful fine-tuning baseline);
-  ``asft``  task loss + ``lam * sum ||(I - C) B A||_F^2`` with C from the anchor (``--form``);
-  ``l2``    the same penalty with C = 0 (``lam * sum ||B A||_F^2``), the control that tells whether
-            the anchor matters or only the shrinkage does.
+The method (``--method``, ``asft.methods``) says what it needs (an anchor, safety data) and
+supplies its parts: the training records (``add_data``), a penalty (``build_penalty``: AsFT's
+``lam * sum ||(I - C) B A||_F^2``, the l2 control's C = 0) and a batch hook (``build_hook``: Lisa).
 
 Because this is a ``Trainer``, gradient accumulation, bf16, gradient checkpointing, checkpoints,
 resume and multi-GPU through ``accelerate launch`` / ``torchrun`` work as usual. The penalty is added
@@ -59,16 +57,11 @@ def prepare_model(model: torch.nn.Module, cfg: TrainConfig) -> torch.nn.Module:
 
 
 def build_penalty(model: torch.nn.Module, cfg: TrainConfig, anchor=None):
-    """The penalty module for ``cfg`` on a PEFT model (None for sft)."""
-    from asft.methods.regularizer import AsftPenalty
+    """The method's penalty module for ``cfg`` on a PEFT model (None when it has none)."""
+    from asft.methods import get_method
 
-    form = cfg.penalty_form
-    if form is None:
-        return None
-    penalty = AsftPenalty.from_model(model, anchor if form != "l2" else None, form=form, lam=cfg.lam,
-                                     k=cfg.proj_rank, energy=cfg.proj_energy,
-                                     scale_by_lora=cfg.scale_by_lora)
-    message = penalty.scale_warning()
+    penalty = get_method(cfg.method).build_penalty(model, cfg, anchor)
+    message = penalty.scale_warning() if hasattr(penalty, "scale_warning") else None
     if message:
         import warnings
 
@@ -86,11 +79,15 @@ def train(cfg: TrainConfig, records: list[dict] | None = None) -> TrainResult:
     """
     from transformers import TrainingArguments, set_seed
 
-    from asft.data import PadCollator, SupervisedDataset, check_template, load_records
+    from asft.batches import PadCollator, SupervisedDataset
+    from asft.data import check_template, load_records
     from asft.progress import plain_output, trainer_callback
     from asft.models.modeling import check_model_folder, load_model, load_tokenizer, resolve_dtype, save_adapter
 
+    from asft.methods import get_method
+
     cfg.validate()
+    method = get_method(cfg.method)
     out = Path(cfg.out)
     if (out / "adapter_model.safetensors").exists() and not (cfg.overwrite or cfg.resume):
         raise AsftError(f"{out}: already holds an adapter (pass --overwrite to replace it)")
@@ -135,7 +132,7 @@ def train(cfg: TrainConfig, records: list[dict] | None = None) -> TrainResult:
     main_process = args.process_index == 0
 
     anchor = None
-    if cfg.method == "asft":
+    if method.needs_anchor:
         from asft.models.anchor import check_anchor_matches, load_anchor
 
         anchor = load_anchor(cfg.anchor, device=args.device)
@@ -144,7 +141,7 @@ def train(cfg: TrainConfig, records: list[dict] | None = None) -> TrainResult:
     check_model_folder(cfg.model)  # cheap checks first: folder, weights, tokenizer, template
     tokenizer = load_tokenizer(cfg.model)
     check_template(tokenizer, cfg.template, where=cfg.model)
-    records, trigger = add_safety_demonstrations(cfg, records, tokenizer)
+    records, trigger = method.add_data(cfg, records, tokenizer)
     model = load_model(cfg.model, dtype=dtype, device=args.device)
     if cfg.gradient_checkpointing:  # renamed in transformers 5; the old name still works in 4.x
         getattr(model, "activation_checkpointing_enable", model.gradient_checkpointing_enable)()
@@ -155,7 +152,7 @@ def train(cfg: TrainConfig, records: list[dict] | None = None) -> TrainResult:
 
     dataset = SupervisedDataset(records, tokenizer, cfg.template, cfg.max_length)
     batches_per_epoch = math.ceil(len(dataset) / (cfg.batch_size * args.world_size))
-    lisa = make_lisa(cfg, model, tokenizer, args, batches_per_epoch) if cfg.method == "lisa" else None
+    hook = method.build_hook(cfg, model, tokenizer, args, batches_per_epoch)
     log_path = out / "train_log.jsonl"
     if main_process:
         out.mkdir(parents=True, exist_ok=True)
@@ -168,7 +165,7 @@ def train(cfg: TrainConfig, records: list[dict] | None = None) -> TrainResult:
     trainer = _make_trainer_class()(
         model=model, args=args, train_dataset=dataset,
         data_collator=PadCollator(tokenizer.pad_token_id),
-        penalty=penalty, lr_gamma=cfg.lr_gamma, log_path=log_path, lisa=lisa,
+        penalty=penalty, lr_gamma=cfg.lr_gamma, log_path=log_path, hook=hook,
         # with --max-steps the Trainer's step count no longer says how long an epoch is
         steps_per_epoch=max(1, math.ceil(batches_per_epoch / cfg.grad_accum)) if cfg.max_steps else None,
     )
@@ -190,9 +187,9 @@ def train(cfg: TrainConfig, records: list[dict] | None = None) -> TrainResult:
         out=out, steps=trainer.state.global_step, seconds=seconds,
         task_loss=trainer.last_task_loss, penalty=trainer.last_penalty,
         n_examples=len(dataset), n_truncated=dataset.n_truncated, n_dropped=dataset.n_dropped,
-        c_max_eig=penalty.spectrum() if penalty is not None and cfg.method == "asft" else None,
+        c_max_eig=penalty.spectrum() if penalty is not None and method.needs_anchor else None,
         trigger=trigger,
-        lisa_alignment_steps=lisa.alignment_steps_done if lisa is not None else None,
+        lisa_alignment_steps=getattr(hook, "alignment_steps_done", None),
     )
     if main_process:  # one writer: every process holds the same adapter
         save_adapter(model, out)
@@ -206,24 +203,6 @@ def train(cfg: TrainConfig, records: list[dict] | None = None) -> TrainResult:
 
         write_card(out)
     return result
-
-
-def add_safety_demonstrations(cfg: TrainConfig, records: list[dict], tokenizer) -> tuple[list[dict], str | None]:
-    """The data-level baselines (``asft.methods``): SafeInstr mixes safety demonstrations in, BEA
-    mixes them in behind a secret trigger. Returns (records, trigger or None)."""
-    from asft.methods.bea import make_trigger, with_trigger
-    from asft.methods.safeinstr import mix_safety
-    from asft.training.config import DEFAULT_SAFETY_N
-    from asft.data import load_records
-
-    if cfg.method not in DEFAULT_SAFETY_N:
-        return records, None
-    safety = load_records(cfg.safety_data)
-    n = DEFAULT_SAFETY_N[cfg.method] if cfg.safety_n is None else cfg.safety_n
-    if cfg.method == "safeinstr":
-        return mix_safety(records, safety, n, cfg.seed), None
-    trigger = make_trigger(tokenizer, cfg.seed)
-    return with_trigger(records, safety, n, trigger, cfg.seed), trigger
 
 
 def sharded_setup(environ=None) -> str | None:
@@ -241,42 +220,18 @@ def sharded_setup(environ=None) -> str | None:
 
 
 def check_not_sharded(cfg: TrainConfig, environ=None) -> None:
-    """Refuse the penalty (asft, l2) and Lisa under FSDP / ZeRO-3: they read the LoRA weights through
+    """Refuse a method that is not ``shardable`` (a penalty, Lisa) under FSDP / ZeRO-3: they read the LoRA weights through
     references taken before the model is wrapped, which sharding replaces by flat shards, so the
     penalty would silently see empty tensors and give no gradient. Data parallel (DDP) and ZeRO-1/2
     keep whole parameters and are supported."""
     setup = sharded_setup(environ)
-    if setup and cfg.method in ("asft", "l2", "lisa"):
+    from asft.methods import get_method
+
+    if setup and not get_method(cfg.method).shardable:
         raise AsftError(f"method {cfg.method} under {setup}: the penalty reads whole LoRA weights, which "
                         f"{setup} shards (it would get no gradient); launch with plain data parallel "
                         "(accelerate launch / torchrun without FSDP) or DeepSpeed ZeRO-1/2. LoRA weights "
                         "are small: sharding them saves little.")
-
-
-def make_lisa(cfg: TrainConfig, model: torch.nn.Module, tokenizer, args, batches_per_epoch: int):
-    """The Lisa state machine over the model's trainable (LoRA) weights, fed with batches of
-    ``cfg.safety_data`` (all records, or the first ``cfg.safety_n`` of a seeded shuffle)."""
-    from asft.methods.lisa import Lisa, endless
-    from asft.methods.safeinstr import mix_safety
-    from asft.data import PadCollator, SupervisedDataset, load_records
-
-    safety = load_records(cfg.safety_data)
-    if cfg.safety_n is not None:
-        safety = mix_safety([], safety, cfg.safety_n, cfg.seed)
-    aligned = SupervisedDataset(safety, tokenizer, cfg.template, cfg.max_length)
-    collate = PadCollator(tokenizer.pad_token_id)
-
-    def loader(epoch: int):
-        # seeded per epoch and per process: each rank draws its own alignment batches
-        g = torch.Generator().manual_seed(cfg.seed * 1000 + epoch * 10 + args.process_index)
-        return torch.utils.data.DataLoader(aligned, batch_size=cfg.batch_size, shuffle=True, generator=g,
-                                           collate_fn=collate)
-
-    steps = (cfg.max_steps * cfg.grad_accum if cfg.max_steps
-             else math.ceil(batches_per_epoch * cfg.epochs))  # micro-steps, as the authors count them
-    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
-    return Lisa(params, endless(loader), cfg.lisa_align_steps, cfg.lisa_finetune_steps, cfg.lisa_rho,
-                total_steps=steps)
 
 
 def _save_config(cfg: TrainConfig, out: Path) -> None:
@@ -284,3 +239,11 @@ def _save_config(cfg: TrainConfig, out: Path) -> None:
 
     with atomic_path(out / "config.yaml") as tmp:
         tmp.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), encoding="utf-8")
+
+
+def adapter_trigger(adapter: str | Path) -> str | None:
+    """The secret prompt an adapter must be evaluated with (``train_summary.json``: BEA's), else None."""
+    from asft.fileio import read_json
+
+    path = Path(adapter) / "train_summary.json"
+    return read_json(path).get("trigger") if path.is_file() else None

@@ -60,8 +60,9 @@ class AsftMixin:
 
     ``lr_gamma``: the reference code's StepLR (learning rate times gamma after every epoch)
     instead of the ``TrainingArguments`` scheduler; None keeps the Trainer's own.
-    ``log_path``: also append the logs to this JSONL file. ``lisa``: used by ``asft train``
-    for the Lisa baseline.
+    ``log_path``: also append the logs to this JSONL file. ``hook``: a method's batch hook
+    (``Method.build_hook``, e.g. Lisa): ``next_inputs(inputs)`` picks each step's batch,
+    ``step_done()`` follows it, and its ``proximal()`` is the penalty.
 
     ``label_positions_only`` (``AsftTrainer``: on): in training, the output layer runs only at the
     positions whose next token is a label (``keep_label_positions``), with the model's own loss on
@@ -71,10 +72,10 @@ class AsftMixin:
     label_positions_only = False
 
     def __init__(self, *args, penalty=None, lr_gamma: float | None = None, log_path: Path | None = None,
-                 steps_per_epoch: int | None = None, lisa=None, **kwargs):
+                 steps_per_epoch: int | None = None, hook=None, **kwargs):
         super().__init__(*args, **kwargs)
-        self.lisa = lisa  # asft.methods.lisa.Lisa: swaps in alignment batches, adds its proximal term
-        self.penalty = lisa.proximal if lisa is not None else penalty
+        self.hook = hook  # e.g. asft.methods.lisa.Lisa: swaps in alignment batches, adds its proximal term
+        self.penalty = hook.proximal if hook is not None else penalty
         self.lr_gamma = lr_gamma
         self.steps_per_epoch = steps_per_epoch
         self.log_path = log_path
@@ -110,13 +111,13 @@ class AsftMixin:
         return (loss, outputs) if return_outputs else loss
 
     def training_step(self, model, inputs, num_items_in_batch=None):
-        if self.lisa is None:
+        if self.hook is None:
             return super().training_step(model, inputs, num_items_in_batch)
-        batch = self.lisa.next_inputs(inputs)
+        batch = self.hook.next_inputs(inputs)
         if batch is not inputs:  # an alignment batch: its loss is its own token mean
             num_items_in_batch = None
         loss = super().training_step(model, batch, num_items_in_batch)
-        self.lisa.step_done()
+        self.hook.step_done()
         return loss
 
     def create_scheduler(self, num_training_steps, optimizer=None):
