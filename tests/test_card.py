@@ -1,5 +1,7 @@
 """Model cards: every trained adapter gets a README.md that `asft eval` keeps up to date."""
 
+import json
+
 import yaml
 
 from asft.fileio import content_hash
@@ -8,7 +10,6 @@ from asft.fileio import content_hash
 def test_adapter_card_has_the_recipe_and_every_evaluation(toy_world, tmp_path):
     import asft.toy  # noqa: F401
     from asft.models.anchor import build_anchor
-    from asft.evaluation.run import run_eval
     from asft.training.train import TrainConfig, train
 
     anchor = build_anchor(toy_world.base, toy_world.aligned, out=tmp_path / "anchor.safetensors").path
@@ -25,10 +26,16 @@ def test_adapter_card_has_the_recipe_and_every_evaluation(toy_world, tmp_path):
     assert str(toy_world.base) in card  # the anchor's base model
     assert "Not evaluated yet" in card
 
-    kw = dict(data_dir=toy_world.eval_dir, judge="toy", template="chat", batch_size=32, progress=False, limit=12)
-    res = run_eval(toy_world.aligned, ["toy-harmful", "toy-topic"], out_dir=tmp_path / "eval", adapter=out, **kw)
+    # `asft eval --adapter` records its results in the card (the evaluation itself knows no cards)
+    from asft.cli import main
+
+    args = ["eval", "--model", str(toy_world.aligned), "--adapter", str(out), "--data-dir", str(toy_world.eval_dir),
+            "--judge", "toy", "--template", "chat", "--batch-size", "32", "--limit", "12", "--no-progress",
+            "--no-shared-cache", "--out", str(tmp_path / "eval")]
+    assert main([*args, "--suite", "toy-harmful,toy-topic"]) == 0
+    summary = json.loads((tmp_path / "eval" / "summary.json").read_text())["suites"]
     card = (out / "README.md").read_text()
-    assert f"| toy-harmful | 12 | toy | {res['toy-harmful'].hs:.2f} | - |" in card
-    assert f"| toy-topic | 12 | - | - | {res['toy-topic'].fa:.2f} |" in card
-    run_eval(toy_world.aligned, ["toy-harmful"], out_dir=tmp_path / "eval", adapter=out, **kw)  # same again
+    assert f"| toy-harmful | 12 | toy | {summary['toy-harmful']['hs']:.2f} | - |" in card
+    assert f"| toy-topic | 12 | - | - | {summary['toy-topic']['fa']:.2f} |" in card
+    assert main([*args, "--suite", "toy-harmful"]) == 0  # same again
     assert (out / "README.md").read_text().count("| toy-harmful |") == 1

@@ -116,7 +116,7 @@ SUITES = ["harmful", "agnews", "sst2", "gsm8k", "alpaca"]
 def test_scores_on_known_answers(tmp_path):
     data = write_data(tmp_path / "data")
     fake = FakeModel()
-    res = evaluate(fake.make, byte_tokenizer(), SUITES, data, KeywordJudge(), out_dir=tmp_path / "out",
+    res = evaluate(fake.make, byte_tokenizer(), SUITES, data, judge=KeywordJudge(), out_dir=tmp_path / "out",
                    model_key="fake")
     assert res["harmful"].hs == pytest.approx(33.33)  # only the insult is not a refusal
     assert res["harmful"].hs_plus == pytest.approx(66.67)  # + the degenerate "Sorry sorry sorry sorry"
@@ -139,26 +139,26 @@ def test_scores_on_known_answers(tmp_path):
 def test_finished_suites_are_reused_and_judge_changes_only_rejudge(tmp_path):
     data = write_data(tmp_path / "data")
     first = FakeModel()
-    evaluate(first.make, byte_tokenizer(), ["harmful", "sst2"], data, KeywordJudge(), tmp_path / "out",
+    evaluate(first.make, byte_tokenizer(), ["harmful", "sst2"], data, judge=KeywordJudge(), out_dir=tmp_path / "out",
              model_key="fake")
     assert len(first.calls) == 5
 
     def boom():
         raise AssertionError("a cached run must not build the model")
 
-    again = evaluate(boom, byte_tokenizer(), ["harmful", "sst2"], data, KeywordJudge(), tmp_path / "out",
+    again = evaluate(boom, byte_tokenizer(), ["harmful", "sst2"], data, judge=KeywordJudge(), out_dir=tmp_path / "out",
                      model_key="fake")
     assert again["sst2"].fa == 50.0 and again["harmful"].hs == pytest.approx(33.33)
     assert len(again["harmful"].rows) == 3
     # another judge: stored responses are judged again, nothing is generated
-    rejudged = evaluate(boom, byte_tokenizer(), ["harmful"], data, KeywordJudge(["Sure"]), tmp_path / "out",
+    rejudged = evaluate(boom, byte_tokenizer(), ["harmful"], data, judge=KeywordJudge(["Sure"]), out_dir=tmp_path / "out",
                         model_key="fake")
     assert rejudged["harmful"].hs == pytest.approx(66.67)  # only "Sure, ..." refuses under this list
     assert [r["flagged"] for r in rejudged["harmful"].rows] == [True, False, True]
     # another model, limit or token budget: generated again
     for kw in ({"model_key": "other"}, {"model_key": "fake", "limit": 2}, {"model_key": "fake", "max_new_tokens": 7}):
         fresh = FakeModel()
-        evaluate(fresh.make, byte_tokenizer(), ["sst2"], data, KeywordJudge(), tmp_path / "out", **kw)
+        evaluate(fresh.make, byte_tokenizer(), ["sst2"], data, judge=KeywordJudge(), out_dir=tmp_path / "out", **kw)
         assert len(fresh.calls) == kw.get("limit", 2)
 
 
@@ -166,11 +166,11 @@ def test_a_crash_loses_at_most_one_batch(tmp_path):
     data = write_data(tmp_path / "data")
     crashing = FakeModel(fail_after=2, batch=1)
     with pytest.raises(RuntimeError, match="simulated crash"):
-        evaluate(crashing.make, byte_tokenizer(), ["harmful"], data, KeywordJudge(), tmp_path / "out",
+        evaluate(crashing.make, byte_tokenizer(), ["harmful"], data, judge=KeywordJudge(), out_dir=tmp_path / "out",
                  model_key="fake")
     assert not (tmp_path / "out/harmful.result.json").exists()
     resumed = FakeModel()
-    res = evaluate(resumed.make, byte_tokenizer(), ["harmful"], data, KeywordJudge(), tmp_path / "out",
+    res = evaluate(resumed.make, byte_tokenizer(), ["harmful"], data, judge=KeywordJudge(), out_dir=tmp_path / "out",
                    model_key="fake")
     assert len(resumed.calls) == 1 and "how to steal a car" in resumed.calls[0]  # only the missing prompt
     assert [r["response"] for r in res["harmful"].rows] == [
@@ -180,7 +180,7 @@ def test_a_crash_loses_at_most_one_batch(tmp_path):
 def test_toy_suites(tmp_path):
     import asft.toy  # noqa: F401  the toy world registers its suites and judge
     data = write_data(tmp_path / "data")
-    res = evaluate(FakeModel().make, byte_tokenizer(), ["toy-harmful", "toy-sentiment"], data, "toy",
+    res = evaluate(FakeModel().make, byte_tokenizer(), ["toy-harmful", "toy-sentiment"], data, judge="toy",
                    template="chat")
     assert res["toy-sentiment"].fa == 50.0
     # the toy world's own judge: the refusal is safe, the bomb recipe is harmful
@@ -193,9 +193,9 @@ def test_toy_suites(tmp_path):
 def test_bad_input_is_a_clear_error(tmp_path):
     data = write_data(tmp_path / "data")
     with pytest.raises(AsftError, match="unknown suite 'mmlu'"):
-        evaluate(FakeModel().make, byte_tokenizer(), ["mmlu"], data, KeywordJudge())
+        evaluate(FakeModel().make, byte_tokenizer(), ["mmlu"], data, judge=KeywordJudge())
     with pytest.raises(AsftError, match="needs a judge"):
-        evaluate(FakeModel().make, byte_tokenizer(), ["harmful"], data, None)
+        evaluate(FakeModel().make, byte_tokenizer(), ["harmful"], data, judge=None)
     with pytest.raises(AsftError, match="file not found"):
         load_suite("gsm8k", tmp_path)
     (data / "agnews/agnew_test_data.json").write_text(json.dumps([{"instruction": "x", "input": "y", "label": 9}]))
@@ -311,11 +311,11 @@ def test_summary_keeps_only_the_rows_of_the_model_it_summarises(tmp_path):
     """Two models evaluated into one folder: the summary of the second never shows the first's suites."""
     data = write_data(tmp_path / "data")
     out = tmp_path / "out"
-    evaluate(FakeModel().make, byte_tokenizer(), ["harmful", "sst2"], data, KeywordJudge(), out_dir=out,
+    evaluate(FakeModel().make, byte_tokenizer(), ["harmful", "sst2"], data, judge=KeywordJudge(), out_dir=out,
              model_key="model-a")
-    evaluate(FakeModel().make, byte_tokenizer(), ["sst2"], data, KeywordJudge(), out_dir=out, model_key="model-a")
+    evaluate(FakeModel().make, byte_tokenizer(), ["sst2"], data, judge=KeywordJudge(), out_dir=out, model_key="model-a")
     assert set(json.loads((out / "summary.json").read_text())["suites"]) == {"harmful", "sst2"}  # same model: merged
-    evaluate(FakeModel().make, byte_tokenizer(), ["agnews"], data, KeywordJudge(), out_dir=out, model_key="model-b")
+    evaluate(FakeModel().make, byte_tokenizer(), ["agnews"], data, judge=KeywordJudge(), out_dir=out, model_key="model-b")
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary["suites"]) == {"agnews"}
     assert "| harmful |" not in (out / "summary.md").read_text()
@@ -348,11 +348,11 @@ def test_early_stop_of_classification_answers_gives_the_full_answers_scores(tmp_
         return generate_fn
 
     suites = ["harmful", "agnews", "sst2"]
-    cut = evaluate(make, byte_tokenizer(), suites, data, KeywordJudge())
+    cut = evaluate(make, byte_tokenizer(), suites, data, judge=KeywordJudge())
     assert {d for d, _ in stopped} == {"sst2", "agnews"} and len(stopped) == 2
     # decided as soon as the second label is a settled word (followed by a non-word character)
     assert sorted(stopped) == [("agnews", "Sports, World,"), ("sst2", "positive, negative,")]
-    full = evaluate(make, byte_tokenizer(), suites, data, KeywordJudge(), early_stop=False)
+    full = evaluate(make, byte_tokenizer(), suites, data, judge=KeywordJudge(), early_stop=False)
     for s in ("agnews", "sst2"):
         assert (cut[s].fa, cut[s].fa_ref) == (full[s].fa, full[s].fa_ref)
         assert cut[s].extra["early_stop"] and not full[s].extra["early_stop"]

@@ -45,6 +45,7 @@ def test_safeinstr_and_bea_on_the_toy_world(toy_world, tmp_path):
     import asft.toy  # noqa: F401
     from asft.experiments.demo import TOY_RECIPE
     from asft.evaluation.run import run_eval
+    from asft.training.train import adapter_trigger
     from asft.fileio import write_json
     from asft.training.train import TrainConfig, train
 
@@ -59,8 +60,9 @@ def test_safeinstr_and_bea_on_the_toy_world(toy_world, tmp_path):
                                 safety_data=str(tmp_path / "safety.json"), safety_n=n, **recipe))
         assert (res.trigger is not None) == (method == "bea")
         hs[method] = run_eval(toy_world.aligned, ["toy-harmful"], out_dir=tmp_path / f"e-{method}", adapter=out,
-                              merge=True, **kw)["toy-harmful"].hs
+                              merge=True, trigger=adapter_trigger(out), **kw)["toy-harmful"].hs
     summary = json.loads((tmp_path / "bea" / "train_summary.json").read_text())
+    assert adapter_trigger(tmp_path / "bea") == summary["trigger"] and adapter_trigger(tmp_path / "sft") is None
     hs["bea-no-trigger"] = run_eval(toy_world.aligned, ["toy-harmful"], out_dir=tmp_path / "e-bea0",
                                     adapter=tmp_path / "bea", merge=True, trigger=" ", **kw)["toy-harmful"].hs
     print("toy HS:", hs)

@@ -18,8 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-import torch
-
 from asft.errors import AsftError
 from asft.fileio import read_json
 
@@ -127,69 +125,6 @@ def encode_example(record: dict, tokenizer: Any, template: str = "alpaca",
     return Encoded(ids[:max_length], labels[:max_length], truncated)
 
 
-class SupervisedDataset(torch.utils.data.Dataset):
-    """Records encoded once up front. ``n_truncated`` counts examples cut at ``max_length``;
-    ``n_dropped`` those whose prompt alone fills ``max_length`` (no response token would be
-    learned, and a batch of only such examples has a 0/0 loss), which are left out."""
-
-    def __init__(self, records: Sequence[dict], tokenizer: Any, template: str = "alpaca",
-                 max_length: int = 512):
-        encoded = [encode_example(r, tokenizer, template, max_length) for r in records]
-        self.examples = [e for e in encoded if any(l != IGNORE_INDEX for l in e.labels)]
-        self.n_dropped = len(encoded) - len(self.examples)
-        self.n_truncated = sum(e.truncated for e in encoded)
-        if not self.examples:
-            raise AsftError(f"every example's prompt is longer than max_length={max_length} tokens: "
-                            "raise --max-length")
-
-    def __len__(self) -> int:
-        return len(self.examples)
-
-    def __getitem__(self, i: int) -> dict:
-        e = self.examples[i]
-        return {"input_ids": e.input_ids, "labels": e.labels}
-
-
-def length_grouped_batches(lengths: Sequence[int], batch_size: int, generator: torch.Generator,
-                           group: int = 50) -> list[list[int]]:
-    """One epoch of batches (indices) with little padding: shuffle, cut into chunks of
-    ``group * batch_size``, sort each chunk by length, cut it into batches, shuffle the batches.
-
-    Every index appears exactly once. Why: with chat examples of very different lengths (a
-    one-line refusal next to a 200-token answer) a random batch is mostly padding, and padding
-    costs as much compute as real tokens (the idea of HF's ``group_by_length``).
-    """
-    if batch_size < 1:
-        raise AsftError(f"batch size must be at least 1, got {batch_size}")
-    order = torch.randperm(len(lengths), generator=generator).tolist()
-    chunk = max(1, group) * batch_size
-    batches = []
-    for c in range(0, len(order), chunk):
-        part = sorted(order[c:c + chunk], key=lambda i: -lengths[i])
-        batches += [part[i:i + batch_size] for i in range(0, len(part), batch_size)]
-    perm = torch.randperm(len(batches), generator=generator).tolist()
-    return [batches[i] for i in perm]
-
-
-@dataclass
-class PadCollator:
-    """Right-pads a batch: input_ids with the pad id, labels with -100, plus an attention mask."""
-
-    pad_token_id: int
-
-    def __call__(self, batch: list[dict]) -> dict[str, torch.Tensor]:
-        n = max(len(b["input_ids"]) for b in batch)
-        ids = torch.full((len(batch), n), self.pad_token_id, dtype=torch.long)
-        labels = torch.full((len(batch), n), IGNORE_INDEX, dtype=torch.long)
-        mask = torch.zeros((len(batch), n), dtype=torch.long)
-        for i, b in enumerate(batch):
-            k = len(b["input_ids"])
-            ids[i, :k] = torch.tensor(b["input_ids"])
-            labels[i, :k] = torch.tensor(b["labels"])
-            mask[i, :k] = 1
-        return {"input_ids": ids, "labels": labels, "attention_mask": mask}
-
-
 def mix_records(task: Sequence[dict], harmful: Sequence[dict], n: int, p: float,
                 seed: int = 42, add: bool = False) -> list[dict]:
     """``round(n * p)`` harmful records and ``n`` minus that many task records, shuffled
@@ -224,3 +159,14 @@ def inspect_records(records: Sequence[dict], tokenizer: Any = None, template: st
 
         st["tokens"] = {"p50": pct(0.5), "p90": pct(0.9), "p99": pct(0.99), "max": lengths[-1]}
     return st
+
+
+_TENSORS = ("SupervisedDataset", "PadCollator", "length_grouped_batches")  # asft.batches (torch)
+
+
+def __getattr__(name: str):
+    if name in _TENSORS:
+        from asft import batches
+
+        return getattr(batches, name)
+    raise AttributeError(f"module 'asft.data' has no attribute {name!r}")

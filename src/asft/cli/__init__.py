@@ -2,6 +2,9 @@
 
 Each sub-command lives in its own module (``asft.cli.<name>``) exposing ``register(subparsers)``;
 heavy imports (torch, transformers) happen inside the command functions so ``asft --help`` is instant.
+Lists of names (methods, judges, suites, templates) come from the registries, which are light to
+import; ``--plugin MODULE`` (any command, repeatable) is imported before the parser is built, so the
+methods, judges and suites it registers are choices like the built-in ones.
 """
 
 from __future__ import annotations
@@ -11,6 +14,8 @@ import importlib
 import sys
 
 from asft.errors import AsftError
+
+BUILTIN_PLUGINS = ("asft.toy",)  # registers the toy-* suites and the toy judge (no torch at import)
 
 # Sub-command modules, in the order they appear in `asft --help`.
 COMMANDS = ["import_gguf", "align", "anchor", "train", "merge", "safelora", "data", "eval", "experiment", "report",
@@ -40,10 +45,29 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument("--threads", type=int, metavar="N",
                              help="CPU threads for torch (default: $ASFT_THREADS, else half the usable "
                                   "cores; results do not depend on it, speed does)")
+        command.add_argument("--plugin", action="append", default=[], metavar="MODULE",
+                             help="import MODULE first: the methods, judges and suites it registers can be "
+                                  "chosen like the built-in ones (repeatable)")
     return parser
 
 
+def load_plugins(argv: list[str]) -> None:
+    """Import the built-in plugins and every ``--plugin MODULE`` of ``argv`` (before the parser is built)."""
+    from asft.methods import load_plugins as load
+
+    pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)  # `--p 0.1` is not --plugin
+    pre.add_argument("--plugin", action="append", default=[])
+    known, _ = pre.parse_known_args(argv)
+    load([*BUILTIN_PLUGINS, *known.plugin])
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        load_plugins(argv)
+    except AsftError as e:
+        print(f"asft: error: {e}", file=sys.stderr)
+        return 2
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

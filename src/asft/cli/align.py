@@ -6,6 +6,8 @@ import argparse
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from asft.data import TEMPLATES
+
     p = sub.add_parser(
         "align", help="make a safety-aligned version of a model by full fine-tuning (a real base/aligned pair)",
         description="Fully fine-tunes MODEL on harmful requests -> varied refusals and benign requests -> the "
@@ -26,7 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--n-benign", type=int, default=400)
     p.add_argument("--benign-targets", default="self", choices=["self", "data"],
                    help="self: the model's own answers (chat models); data: the pool's outputs (pre-trained models)")
-    p.add_argument("--template", default="chat", choices=["chat", "alpaca", "llama2"])
+    p.add_argument("--template", default="chat", choices=TEMPLATES)
     p.add_argument("--epochs", type=float, default=2.0)
     p.add_argument("--lr", type=float, default=2e-5)
     p.add_argument("--batch-size", type=int, default=8)

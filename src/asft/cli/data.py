@@ -6,6 +6,8 @@ import argparse
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from asft.data import TEMPLATES
+
     p = sub.add_parser("data", help="build data files: safety demonstrations for SafeInstr / BEA",
                        description="Data files made from training pools in the reference format.",
         epilog="example: asft data mix --task pool.json --harmful harmful.json --n 1000 --p 0.1 --out mix.json\n"
@@ -43,7 +45,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                             epilog="example: asft data inspect agnews_1k_p_0.1.json --tokenizer models/smollm2")
     i.add_argument("file", metavar="FILE")
     i.add_argument("--tokenizer", metavar="DIR", help="model folder whose tokenizer measures lengths")
-    i.add_argument("--template", default="alpaca", choices=["alpaca", "chat", "llama2"])
+    i.add_argument("--template", default="alpaca", choices=TEMPLATES)
     i.set_defaults(func=run_inspect)
 
 

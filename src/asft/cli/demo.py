@@ -9,8 +9,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "demo", help="run SFT, AsFT, the l2 control and Safe LoRA on the embedded toy world",
         description="Builds (or reuses) the toy world, computes the anchor, fine-tunes with each "
-                    "method, evaluates harmful score and task accuracy, and writes results.json, "
-                    "results.md and chart.png to --out.",
+                    "method, evaluates harmful score and task accuracy, and writes the report (results.json, "
+                    "results.md, plots/, report.html) and the safety landscape to --out. The demo is an "
+                    "experiment: the config it ran is OUT/demo.yaml (copy it, edit it, `asft experiment` it).",
         epilog="example: asft demo --out runs/demo --workers 2")
     p.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
     p.add_argument("--seeds", type=int, nargs="+", help="training seeds (default 0 1 2)")
@@ -27,13 +28,12 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from asft.experiments.demo import DEMO_LAMBDAS, DEMO_SEEDS, run_demo
+    from asft.experiments.demo import run_demo
     from asft.report import label
 
     console = Console()
-    doc = run_demo(args.out, size=args.size, world_seed=args.world_seed, seeds=args.seeds or DEMO_SEEDS,
-                   lambdas=args.lambdas or DEMO_LAMBDAS, cache_dir=args.cache_dir, log=console.print,
-                   workers=args.workers)
+    doc = run_demo(args.out, size=args.size, world_seed=args.world_seed, seeds=args.seeds,
+                   lambdas=args.lambdas, cache_dir=args.cache_dir, log=console.print, workers=args.workers)
     n = len(doc["config"]["seeds"])
     table = Table(title=f"asft demo: harmful score (HS, lower is better) and task accuracy (FA), "
                         f"mean ± std over {n} seeds")
@@ -51,5 +51,5 @@ def run(args: argparse.Namespace) -> int:
         for line in doc["landscape"]["summary"]:
             console.print(f"- {line}")
     console.print(f"done in {doc['config']['seconds']:.0f}s ({doc['config']['workers']} runs at a time); "
-                  f"results.json, results.md, chart.png in {args.out}")
+                  f"results.json, results.md, plots/, report.html and demo.yaml (the config it ran) in {args.out}")
     return 0

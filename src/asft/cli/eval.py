@@ -8,6 +8,10 @@ DEFAULT_SUITES = "harmful,agnews,sst2,gsm8k,alpaca"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    from asft.data import TEMPLATES
+    from asft.evaluation.judges import judge_help, judge_names
+    from asft.evaluation.suites import suite_names
+
     p = subparsers.add_parser(
         "eval", help="evaluate harmful score (HS) and fine-tuning accuracy (FA)",
         description="Generate greedy answers for each suite, judge / score them, and write per-suite "
@@ -20,13 +24,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--merge", action=argparse.BooleanOptionalAction, default=True,
                    help="fold the adapter into the weights once before generating (default; faster)")
     p.add_argument("--suite", default=DEFAULT_SUITES,
-                   help=f"comma-separated suites (default {DEFAULT_SUITES}; also toy-harmful, toy-<task>)")
+                   help=f"comma-separated suites: {', '.join(suite_names())} (default {DEFAULT_SUITES})")
     p.add_argument("--data-dir", required=True,
                    help="test data folder (the reference layout: .../asft-reference/eval)")
-    p.add_argument("--judge", default="keyword",
-                   choices=["beaverdam", "llamaguard", "keyword", "keyword-start", "keyword-plus", "toy", "openai"],
-                   help="safety judge for harmful suites (default keyword, an offline proxy; the paper "
-                        "uses beaverdam)")
+    p.add_argument("--judge", default="keyword", choices=judge_names(),
+                   help=f"safety judge for harmful suites (default keyword, an offline proxy; the paper "
+                        f"uses beaverdam): {judge_help()}")
     p.add_argument("--judge-model", help="beaverdam: BeaverDam-7B folder; llamaguard: Llama Guard 3 folder; "
                                          "openai: the endpoint's model name")
     p.add_argument("--judge-url", help="openai judge: base URL of an OpenAI-compatible API (…/v1)")
@@ -39,7 +42,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--judge-concurrency", type=int, default=8, help="openai judge: parallel requests")
     p.add_argument("--keywords", help="keyword judge: file of refusal phrases, one per line")
     p.add_argument("--limit", type=int, help="evaluate only the first N items of each suite")
-    p.add_argument("--template", default="alpaca", choices=["alpaca", "chat", "llama2"],
+    p.add_argument("--template", default="alpaca", choices=TEMPLATES,
                    help="prompt format (default alpaca, the reference's; toy models use chat)")
     p.add_argument("--batch-size", type=int, default=64,
                    help="prompts decoded at once (default 64; finished answers leave the batch and "
@@ -70,10 +73,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    import asft.toy  # noqa: F401  registers the toy-* suites and the toy judge
     from asft.errors import AsftError
-    from asft.evaluation.run import eval_store, run_eval, summary_table
+    from asft.evaluation.cache import eval_store
     from asft.evaluation.judges import OpenAIClient, make_judge
+    from asft.evaluation.results import summary_table
+    from asft.evaluation.run import EvalOptions, run_eval
+    from asft.evaluation.suites import needs_judge, needs_rater
+    from asft.training.card import record_eval
+    from asft.training.train import adapter_trigger
 
     console = Console(stderr=True)
     suites = [s.strip() for s in args.suite.split(",") if s.strip()]
@@ -82,23 +89,27 @@ def run(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise AsftError(f"--batch-size must be >= 1, got {args.batch_size}")
     client = None
-    if args.judge == "openai":
+    if args.judge == "openai" and (any(map(needs_judge, suites)) or any(map(needs_rater, suites))):
         client = OpenAIClient(args.judge_url, args.judge_model, api_key_env=args.judge_key_env,
                               concurrency=args.judge_concurrency)
-    needs_judge = any(s in ("harmful", "toy-harmful") for s in suites)
     judge = None
-    if needs_judge:
+    if any(needs_judge(s) for s in suites):  # a harmful suite: scored by a safety judge
         judge = make_judge(args.judge, args.judge_model, keywords_file=args.keywords,
                            threshold=args.judge_threshold, batch_size=args.batch_size, client=client,
                            max_length=args.judge_max_length,
                            device=args.device)
-    results = run_eval(args.model, suites, args.data_dir, args.out, judge=judge, adapter=args.adapter,
-                       merge=args.merge, template=args.template, batch_size=args.batch_size,
-                       max_new_tokens=args.max_new_tokens, limit=args.limit, rater=client,
-                       engine=args.engine, device=args.device, dtype=args.dtype, progress=not args.no_progress,
-                       early_stop=not args.no_early_stop, trigger=args.trigger, fa_mode=args.fa_mode,
-                       store=None if args.no_shared_cache else eval_store(),
+    trigger = args.trigger
+    if trigger is None and args.adapter:  # an adapter trained behind a trigger (BEA) is evaluated with it
+        trigger = adapter_trigger(args.adapter)
+    options = EvalOptions(judge=judge, rater=client, merge=args.merge, template=args.template,
+                          batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, limit=args.limit,
+                          engine=args.engine, device=args.device, dtype=args.dtype, progress=not args.no_progress,
+                          early_stop=not args.no_early_stop, trigger=trigger, fa_mode=args.fa_mode,
+                          store=None if args.no_shared_cache else eval_store())
+    results = run_eval(args.model, suites, args.data_dir, args.out, options, adapter=args.adapter,
                        log=lambda msg: console.print(f"[dim]{msg}[/dim]"))
+    if args.adapter:  # the adapter's model card lists every evaluation of it
+        record_eval(args.adapter, results)
     print(summary_table(results), end="")
     console.print(f"wrote {args.out}/summary.json and summary.md")
     return 0

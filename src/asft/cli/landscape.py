@@ -6,6 +6,9 @@ import argparse
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from asft.data import TEMPLATES
+    from asft.evaluation.judges import judge_names
+
     p = sub.add_parser(
         "landscape", help="scan the safety landscape along the alignment direction and a random orthogonal one",
         description="Scores theta + alpha d for the alignment direction (from the anchor), a seeded random "
@@ -27,8 +30,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--suite", default="harmful", help="harmful-score suite (harmful, toy-harmful)")
     p.add_argument("--task-suite", help="also score task accuracy on this suite (e.g. sst2, toy-topic)")
     p.add_argument("--data-dir", required=True, metavar="DIR", help="folder of the suites' files")
-    p.add_argument("--judge", default="keyword", choices=["keyword", "keyword-start", "keyword-plus", "toy"])
-    p.add_argument("--template", default="chat", choices=["chat", "alpaca", "llama2"])
+    p.add_argument("--judge", default="keyword", choices=judge_names(offline=True),
+                   help="an offline judge (the landscape judges hundreds of answer sets)")
+    p.add_argument("--template", default="chat", choices=TEMPLATES)
     p.add_argument("--limit", type=int, default=80, help="prompts per point (default 80)")
     p.add_argument("--max-new-tokens", type=int,
                    help="answer length per prompt (default: the suite's, 512 for harmful); the keyword "

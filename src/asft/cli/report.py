@@ -6,6 +6,8 @@ import argparse
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from asft.evaluation.judges import judge_names
+
     p = sub.add_parser(
         "report", help="tables (md, csv, json), plots and one HTML page from folders of finished runs",
         description="Reads every row.json under the folders (e.g. an experiment's runs/), averages over "
@@ -17,7 +19,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="folder for the report files")
     p.add_argument("--paper", help="paper-numbers.md of the reference data: the paper's numbers beside ours")
     p.add_argument("--title", default="asft report")
-    p.add_argument("--rejudge", choices=["keyword", "keyword-start", "keyword-plus"],
+    p.add_argument("--rejudge", choices=judge_names(offline=True),
                    help="also judge every run's stored harmful answers with this offline judge: a second HS "
                         "table from the same generations (e.g. keyword-plus: refusals worded \"I can't help\" "
                         "are not counted harmful)")

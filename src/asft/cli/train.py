@@ -11,10 +11,17 @@ def _flag(name: str) -> str:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from asft.data import TEMPLATES
+    from asft.methods import all_methods, method_names
     from asft.training.config import TrainConfig
 
+    trainable = [m for m in all_methods() if m.name in method_names(trainable=True)]
+    choices = {"method": [m.name for m in trainable], "template": list(TEMPLATES),
+               "form": sorted({f for m in trainable for f in m.forms})}
+    methods_help = "; ".join(f"{m.name}: {m.help}" for m in trainable)
+
     p = sub.add_parser(
-        "train", help="fine-tune an aligned model with LoRA (sft, asft or the l2 control)",
+        "train", help="fine-tune an aligned model with LoRA (any registered method: sft, asft, the l2 control, ...)",
         description="Fine-tune an aligned model with LoRA. Defaults are the AsFT reference code's; "
                     "flags override a --config YAML file, which overrides the defaults.",
         epilog="example: asft train --model models/llama-2-7b-chat --data agnews_1k_p_0.1.json --method asft \\\n"
@@ -27,6 +34,8 @@ def register(sub: argparse._SubParsersAction) -> None:
             continue
         default = getattr(defaults, f.name)
         help = f"{f.metadata['help']} (default: {default})"
+        if f.name == "method":
+            help = f"{methods_help} (default: {default})"
         # Flags default to None so that a --config file can supply what the command line omits.
         if isinstance(default, bool):
             p.add_argument(_flag(f.name), action=argparse.BooleanOptionalAction, default=None,
@@ -36,7 +45,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                            help=f"{f.metadata['help']}, comma-separated (default: {','.join(default)})")
         else:
             kind = {"int": int, "float": float}.get(str(f.type).split(" ")[0], str)
-            p.add_argument(_flag(f.name), type=kind, default=None, help=help)
+            p.add_argument(_flag(f.name), type=kind, default=None, help=help, choices=choices.get(f.name))
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 

@@ -1,65 +1,80 @@
 """`asft demo`: the whole AsFT story on the embedded toy world, with no downloads.
 
+The demo is an experiment like any other: ``demo.yaml`` (shipped beside this file) run by
+``asft.experiments.plan.run_experiment`` and reported by ``asft.report.write_report``, the code of
+``asft experiment`` / ``asft report``. What it does:
+
 1. build (or reuse) the toy world: a pre-trained base model that complies with harmful requests and
-   an aligned model made from it by full fine-tuning that refuses them;
-2. compute the anchor V = aligned - base (q_proj, v_proj);
-3. fine-tune the aligned model with LoRA on a topic-classification mix with 10% harmful samples:
+   an aligned model made from it by full fine-tuning that refuses them; compute the anchor
+   V = aligned - base (q_proj, v_proj);
+2. fine-tune the aligned model with LoRA on a topic-classification mix with 10% harmful samples:
    SFT, AsFT (both forms of C) and the l2 control over a lambda curve, then Safe LoRA on each SFT
    adapter, three training seeds each (two runs at a time on a 2-core machine);
-4. evaluate harmful score (held-out harmful prompts, exact judge) and task accuracy for each;
-5. write results.json, results.md (table with spreads, and whether AsFT beats the l2 control at
-   equal FA) and chart.png (HS against FA per method over lambda) and print the table;
-6. draw the aligned model's safety landscape (``landscape/``): 1D along the alignment direction
+3. evaluate harmful score (held-out harmful prompts, exact judge) and task accuracy for each, and
+   write the report (results.json / .md / .csv, plots/, report.html, the verdicts against the l2
+   control and SFT);
+4. draw the aligned model's safety landscape (``landscape/``): 1D along the alignment direction
    and a random orthogonal one, the plane of both with where SFT, AsFT and l2 landed.
 
 The world is the one shipped inside the package (``asft.toy.world.SHIPPED``), so every machine
-starts from the same weights.
+starts from the same weights. The config the demo ran is written to ``OUT/demo.yaml``.
 """
 
 from __future__ import annotations
 
+import copy
 import time
 from pathlib import Path
+from typing import Sequence
 
 from asft.errors import AsftError
-from asft.experiments.runs import RunSpec, Setting, aggregate, results_document, run_grid
-from asft.fileio import write_json, write_text
+from asft.experiments.runs import Setting
+from asft.fileio import atomic_path, read_yaml, write_json
 
-# Toy fine-tuning recipe. The reference defaults (lr 5e-5, 10 epochs, batch 8) are tuned for 7B
-# models on 1k samples; the toy model (under 1M parameters) fits the task in a few epochs at a
-# larger learning rate. Same LoRA shape as the paper (r 8, alpha 32, q_proj/v_proj, dropout 0.05).
-TOY_RECIPE = dict(lr=1e-3, epochs=3, batch_size=16, lr_gamma=0.85, max_length=128, template="chat",
-                  logging_steps=20, progress=False)
-TOY_MIX = dict(task="topic", n=1000, p=0.1)
-# The lambda curve: the paper's 1, then up to where the penalty holds the update near zero in this
-# world (benchmarks/toy_tradeoff.py: from 300 on HS and FA are both 0, the aligned model).
-DEMO_LAMBDAS = (1.0, 10.0, 30.0, 100.0)
-DEMO_SEEDS = (0, 1, 2)
-PROJ_RANK = 8
+DEMO_CONFIG = Path(__file__).with_name("demo.yaml")
 
 
-def demo_specs(lambdas=DEMO_LAMBDAS, seeds=DEMO_SEEDS) -> list[RunSpec]:
-    """aligned; per seed SFT and Safe LoRA; per seed and lambda AsFT (reference C and projector) and l2."""
-    specs = [RunSpec("aligned")]
-    for seed in seeds:
-        specs += [RunSpec("sft", seed=seed), RunSpec("safelora", seed=seed)]
-        for lam in lambdas:
-            specs += [RunSpec("asft", lam, "reference", seed), RunSpec("asft", lam, "projector", seed),
-                      RunSpec("l2", lam, seed=seed)]
-    return specs
+def demo_config(size: str = "demo", world_seed: int = 0, seeds: Sequence[int] | None = None,
+                lambdas: Sequence[float] | None = None, cache_dir: str | None = None, mix: dict | None = None,
+                methods: list | None = None) -> dict:
+    """The shipped demo config with the command line's changes: the toy world (``size``, ``world_seed``,
+    ``cache_dir``), training ``seeds``, the ``lambdas`` of every method with lambda, the training
+    ``mix`` (``{"task", "n", "p"}``) and the ``methods`` list (config syntax)."""
+    raw = copy.deepcopy(read_yaml(DEMO_CONFIG))
+    raw["world"] = {"size": size, "seed": int(world_seed), **({"cache_dir": str(cache_dir)} if cache_dir else {})}
+    if seeds:
+        raw["seeds"] = [int(s) for s in seeds]
+    if methods:
+        raw["methods"] = copy.deepcopy(methods)
+    if lambdas:
+        for entry in raw["methods"]:
+            if isinstance(entry, dict) and "lam" in entry:
+                entry["lam"] = [float(lam) for lam in lambdas]
+    if mix:
+        raw["tasks"] = {mix["task"]: {"suite": f"toy-{mix['task']}", "n": int(mix["n"]), "p": float(mix["p"])}}
+    return raw
 
 
-def toy_setting(world, anchor: Path, data: Path, task: str = TOY_MIX["task"]) -> Setting:
+_SHIPPED = read_yaml(DEMO_CONFIG)
+TOY_RECIPE = {**_SHIPPED["train"], "template": _SHIPPED["template"]}  # the toy world's training recipe
+TOY_MIX = {"task": next(iter(_SHIPPED["tasks"])), **{k: v for k, v in next(iter(_SHIPPED["tasks"].values())).items()
+                                                      if k in ("n", "p")}}
+PROJ_RANK = _SHIPPED["proj_rank"]
+
+
+def toy_setting(world, anchor: Path | None, data: Path, task: str = TOY_MIX["task"]) -> Setting:
+    """The demo's ``Setting`` on ``world`` (for a grid run from code: benchmarks, tests)."""
     return Setting(model=Path(world.aligned), data=data, eval_dir=Path(world.eval_dir),
-                   harmful_suite="toy-harmful", task_suite=f"toy-{task}", judge="toy", anchor=anchor,
-                   train=dict(TOY_RECIPE), template="chat", eval_batch_size=128, proj_rank=PROJ_RANK,
-                   plugins=("asft.toy",))
+                   harmful_suite=_SHIPPED["harmful_suite"], task_suite=f"toy-{task}", judge=_SHIPPED["judge"],
+                   anchor=anchor, train=dict(TOY_RECIPE), template=_SHIPPED["template"],
+                   eval_batch_size=_SHIPPED["eval"]["batch_size"], proj_rank=PROJ_RANK,
+                   plugins=tuple(_SHIPPED["plugins"]))
 
 
 def prepare(out: Path, size: str = "demo", seed: int = 0, cache_dir: str | None = None, log=print,
             mix: dict | None = None, progress: bool = False):
-    """World, anchor file and training mix for a toy experiment in ``out``."""
-    from asft.models.anchor import check_anchor_matches, build_anchor, load_anchor
+    """World, anchor file and training mix for a toy experiment in ``out`` (benchmarks/toy_tradeoff.py)."""
+    from asft.models.anchor import build_anchor, check_anchor_matches, load_anchor
     from asft.toy import get_world
 
     t0 = time.perf_counter()
@@ -75,65 +90,73 @@ def prepare(out: Path, size: str = "demo", seed: int = 0, cache_dir: str | None 
     return world, anchor, data
 
 
-def run_demo(out: str | Path, size: str = "demo", world_seed: int = 0, seeds=DEMO_SEEDS,
-             lambdas=DEMO_LAMBDAS, cache_dir: str | None = None, log=print, mix: dict | None = None,
-             specs: list[RunSpec] | None = None, workers: int | None = None, landscape: bool = True) -> dict:
-    """Run the demo into ``out``; returns the results document. ``mix`` and ``specs`` override
-    the training mix and the list of runs (the tests use a smaller demo). ``workers``: runs at
-    once, one CPU thread each (default: one per usable core, at most 4)."""
+def run_demo(out: str | Path, size: str = "demo", world_seed: int = 0, seeds: Sequence[int] | None = None,
+             lambdas: Sequence[float] | None = None, cache_dir: str | None = None, log=print,
+             mix: dict | None = None, methods: list | None = None, workers: int | None = None,
+             landscape: bool = True) -> dict:
+    """Run the demo into ``out``; returns the report's results document (plus ``env`` and
+    ``landscape``). ``mix`` and ``methods`` change the training mix and the methods (the tests run a
+    smaller demo). ``workers``: runs at once, one CPU thread each (default: one per usable core, at
+    most 4)."""
+    import yaml
     from rich.progress import Progress
     from transformers.utils import logging as hf_logging
 
-    from asft.report import markdown_table, tradeoff_chart, verdict
+    from asft.experiments.plan import run_experiment
     from asft.runtime import environment, usable_cores
 
     hf_logging.disable_progress_bar()  # one bar per phase, not one per model load
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
-    mix = mix or TOY_MIX
-    world, anchor, data = prepare(out, size, world_seed, cache_dir, log, mix, progress=True)
-    setting = toy_setting(world, anchor, data, mix["task"])
-    specs = specs or demo_specs(lambdas, seeds)
+    config = out / "demo.yaml"
+    with atomic_path(config) as tmp:
+        tmp.write_text(yaml.safe_dump(demo_config(size, world_seed, seeds, lambdas, cache_dir, mix, methods),
+                                      sort_keys=False), encoding="utf-8")
     workers = workers or min(4, usable_cores())
     with Progress(transient=True) as bar:
-        task = bar.add_task("fine-tune + evaluate", total=len(specs))
-        rows = run_grid(specs, setting, out / "runs", workers=workers,
-                        on_row=lambda spec, row: bar.update(task, advance=1, description=spec.name))
-    table = aggregate(rows)
-    order = {"aligned": 0, "sft": 1, "safelora": 2, "l2": 3, "asft": 4}
-    table.sort(key=lambda r: (order[r["method"]], r.get("form") or "", r["lambda"]))
-    seed_list = sorted({s.seed for s in specs if s.method != "aligned"})
-    config = {"world": str(world.root), "size": size, "world_seed": world_seed, "seeds": seed_list,
-              "mix": mix, "recipe": TOY_RECIPE, "lambdas": list(lambdas), "proj_rank": PROJ_RANK,
-              "judge": "toy (exact)", "workers": workers, "seconds": round(time.perf_counter() - t_start, 1)}
-    doc = results_document(config, table, runs=rows)
+        task = bar.add_task("fine-tune + evaluate", total=None)
+        res = run_experiment(config, out, workers=workers, log=log,
+                             on_plan=lambda plan: bar.update(task, total=len(plan.jobs)),
+                             on_row=lambda spec, row: bar.update(task, advance=1, description=spec.name))
+    doc = res["report"]
     doc["env"] = {**environment(device="cpu"), "threads": 1, "workers": workers}
-    doc["verdict"] = verdict(table)
-    write_json(out / "results.json", doc)
-    md = (f"# asft demo (toy world, {len(seed_list)} training seeds, mean ± std)\n\nTask: {mix['task']} "
-          f"classification, {mix['n']} samples with harmful ratio p = {mix['p']}. HS: % of held-out "
-          f"harmful prompts answered harmfully (exact judge). FA: task accuracy on held-out examples.\n\n"
-          + markdown_table(table) + "\n" + "\n".join(f"- {line}" for line in doc["verdict"]) + "\n")
-    write_text(out / "results.md", md)
-    tradeoff_chart(table, out / "chart.png",
-                   title=f"asft demo: HS vs FA over λ (toy world, p = {mix['p']}, {len(seed_list)} seeds)")
+    doc["config"]["seconds"] = round(time.perf_counter() - t_start, 1)
+    doc["config"]["workers"] = workers
     if landscape:
-        doc["landscape"] = demo_landscape(world, anchor, out, rows)
-        write_json(out / "results.json", doc)
+        doc["landscape"] = demo_landscape(res["plan"], out)
+        doc["config"]["seconds"] = round(time.perf_counter() - t_start, 1)
+    doc.pop("plots", None)
+    write_json(out / "results.json", doc)
+    doc["plots"] = res["report"].get("plots", [])
     return doc
 
 
-def demo_landscape(world, anchor: Path, out: Path, runs: list[dict]) -> dict:
+def demo_landscape(plan, out: Path) -> dict:
     """The aligned model's safety landscape: 1D along the alignment direction and a random orthogonal
     one (21 points), and the plane of both (9 x 9) with where the seed-0 adapters of SFT, AsFT and
     l2 at the largest lambda landed. Returns the summary and the pictures' paths."""
     from asft.experiments.landscape import run_landscape
+    from asft.methods import control_method, plain_method
 
-    lam = max((r["lambda"] for r in runs if r["method"] == "l2"), default=None)
-    marks = [out / "runs" / name / "adapter" for name in
-             ("sft-s0", f"asft-reference-lam{lam:g}-s0", f"l2-lam{lam:g}-s0") if lam is not None]
-    doc = run_landscape(world.aligned, anchor, out / "landscape", steps=20, two_d=True, steps_2d=8,
-                        data_dir=world.eval_dir, suite="toy-harmful", judge="toy", limit=None,
+    setting = plan.jobs[0].setting
+    seed0 = {job.spec.group: job.folder for job in plan.jobs if job.spec.seed == 0 and job.spec.kind.fine_tunes}
+    control = control_method()
+    lams = [job.spec.lam for job in plan.jobs if job.spec.method == control.name]
+    marks = []
+    if lams:  # SFT, the anchored method (default form) and the control, at the strongest lambda
+        anchored = next(m for m in plan_methods(plan) if m.needs_anchor and m.takes_lambda)
+        groups = (plain_method().group(), anchored.group(max(lams)), control.group(max(lams)))
+        marks = [seed0[g] / "adapter" for g in groups if g in seed0]
+    doc = run_landscape(setting.model, setting.anchor, out / "landscape", steps=20, two_d=True, steps_2d=8,
+                        data_dir=setting.eval_dir, suite=setting.harmful_suite, judge=setting.judge, limit=None,
                         marks=[m for m in marks if (m / "adapter_model.safetensors").is_file()])
     return {"summary": doc["summary"], "pictures": doc["pictures"], "seconds": doc["seconds"]}
+
+
+def plan_methods(plan) -> list:
+    """The methods of ``plan``, each once, in plan order."""
+    seen: dict = {}
+    for job in plan.jobs:
+        seen.setdefault(job.spec.method, job.spec.kind)
+    return list(seen.values())

@@ -12,6 +12,16 @@ fine-tuning mixes in the reference format, held-out evaluation sets and an exact
 """
 
 from asft.toy import suites as _suites  # noqa: F401  (registers the toy-* suites and the toy judge)
-from asft.toy.world import SIZES, VERSION, World, build_world, get_world
+
+_WORLD = ("SIZES", "VERSION", "World", "build_world", "get_world")  # imported on first use (torch)
+
+
+def __getattr__(name: str):
+    if name in _WORLD:
+        from asft.toy import world
+
+        return getattr(world, name)
+    raise AttributeError(f"module 'asft.toy' has no attribute {name!r}")
+
 
 __all__ = ["World", "build_world", "get_world", "SIZES", "VERSION"]

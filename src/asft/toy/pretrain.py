@@ -114,7 +114,7 @@ def align(model, dataset, pad_token_id: int, steps: int, lr: float = 1e-3, batch
     ``replay_weight`` at every step, as alignment pipelines mix in pre-training data: the model
     keeps its knowledge (including the harmful kind) and learns only the refusal behaviour.
     """
-    from asft.data import PadCollator
+    from asft.batches import PadCollator
 
     collate = PadCollator(pad_token_id)
     gen = torch.Generator().manual_seed(seed)

@@ -1,5 +1,6 @@
-"""The toy world's evaluation suites and judge, registered with ``asft.evaluation.run`` and
+"""The toy world's evaluation suites and judge, registered with ``asft.evaluation.suites`` and
 ``asft.evaluation.judges`` when ``asft.toy`` is imported (those modules never import the toy world).
+Free of torch: the command line imports it to list the toy suites and judge.
 
 ``toy-harmful``  <data_dir>/harmful.json, at most 64 new tokens, HS with the ``toy`` judge
 ``toy-<task>``   <data_dir>/<task>.json, at most 32 new tokens, FA by ``judge.task_correct``
@@ -7,7 +8,7 @@
 
 from __future__ import annotations
 
-from asft.evaluation.run import SuiteSpec, register_suites
+from asft.evaluation.suites import SuiteSpec, register_suites
 from asft.evaluation.judges import register_judge
 from asft.toy.judge import ToyJudge, task_correct
 
@@ -22,5 +23,5 @@ def resolve(name: str) -> SuiteSpec | None:
     return None
 
 
-register_suites(resolve)
-register_judge("toy", ToyJudge)
+register_suites(resolve, names=("toy-harmful", "toy-<task>"))
+register_judge("toy", ToyJudge, offline=True, help="the toy world's exact judge")

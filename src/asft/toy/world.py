@@ -193,7 +193,7 @@ def build_world(out_dir: str | os.PathLike, seed: int = 0, size: str = "demo",
     """
     import torch
 
-    from asft.data import SupervisedDataset
+    from asft.batches import SupervisedDataset
     from asft.runtime import environment
     from asft.toy.pretrain import align, make_model, pretrain
     from asft.toy.tokenizer import build_tokenizer

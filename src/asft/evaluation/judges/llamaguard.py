@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Sequence
 
 from asft.errors import AsftError, AsftWarning
+from asft.evaluation.judges.base import Verdict, check_lengths, register_judge
 
 
 def parse_llamaguard(text: str) -> tuple[bool | None, list[str]]:
@@ -75,7 +76,6 @@ class LlamaGuardJudge:
                         batch_size=self.batch_size, add_special_tokens=False, progress=False)
 
     def __call__(self, questions: Sequence[str], answers: Sequence[str]):
-        from asft.evaluation.judges import Verdict, check_lengths
 
         check_lengths(questions, answers)
         outputs = self._generate(self.prompts(questions, answers))
@@ -89,3 +89,12 @@ class LlamaGuardJudge:
             warnings.warn(f"llamaguard judge: {unparsed} of {len(outputs)} outputs were neither 'safe' nor "
                           "'unsafe' (counted as not flagged; see 'unparsed' in the rows)", AsftWarning, stacklevel=2)
         return verdicts
+
+
+def _make(judge_model=None, batch_size: int = 16, device=None, **_) -> LlamaGuardJudge:
+    if not judge_model:
+        raise AsftError("judge llamaguard needs --judge-model DIR (a local Llama Guard 3 folder)")
+    return LlamaGuardJudge(judge_model, batch_size=batch_size, device=device)
+
+
+register_judge("llamaguard", _make, settings=True, help="Llama Guard 3 (--judge-model DIR)")
