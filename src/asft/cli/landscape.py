@@ -8,6 +8,7 @@ import argparse
 def register(sub: argparse._SubParsersAction) -> None:
     from asft.data import TEMPLATES
     from asft.evaluation.judges import judge_names
+    from asft.evaluation.suites import suite_names
 
     p = sub.add_parser(
         "landscape", help="scan the safety landscape along the alignment direction and a random orthogonal one",
@@ -27,7 +28,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--2d", dest="two_d", action="store_true", help="also the align x random plane")
     p.add_argument("--norm", default="layer", choices=["layer", "none"],
                    help="layer: each module's direction scaled to its weight norm (default); none: raw")
-    p.add_argument("--suite", default="harmful", help="harmful-score suite (harmful, toy-harmful)")
+    p.add_argument("--suite", default="harmful",
+                   help=f"harmful-score suite (of {', '.join(suite_names())}; default harmful)")
     p.add_argument("--task-suite", help="also score task accuracy on this suite (e.g. sst2, toy-topic)")
     p.add_argument("--data-dir", required=True, metavar="DIR", help="folder of the suites' files")
     p.add_argument("--judge", default="keyword", choices=judge_names(offline=True),
@@ -47,7 +49,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    import asft.toy  # noqa: F401  registers the toy-* suites and the toy judge
     from asft.experiments.landscape import run_landscape
 
     console = Console()

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from asft.errors import AsftError
+from asft.experiments.prepare import anchor_for, as_list as _list, judge_of, task_cells, toy_world
 from asft.experiments.runs import RunSpec, Setting
 from asft.fileio import read_yaml, write_json
 
@@ -87,14 +88,6 @@ def _check_shard(index: int, count: int) -> None:
         raise AsftError(f"--shard {index}/{count}: expected I/N with 1 <= I <= N")
 
 
-def _list(value: Any, what: str, path: Path, kind: Callable = float) -> list:
-    values = value if isinstance(value, list) else [value]
-    try:
-        return [kind(v) for v in values]
-    except (TypeError, ValueError):
-        raise AsftError(f"{path}: {what} should be a number or a list of numbers, got {value!r}") from None
-
-
 def _methods(raw: Any, path: Path) -> list[tuple[str, float, str | None]]:
     """(method, lambda, form) for each entry: "sft", or {method: asft, lam: [1, 30], form: reference}."""
     from asft.methods import get_method
@@ -130,15 +123,9 @@ def _methods(raw: Any, path: Path) -> list[tuple[str, float, str | None]]:
     return out
 
 
-def _np_from_name(path: Path) -> tuple[int | None, float | None]:
-    """n and p from a reference file name such as ``SST2_1k_p_0.1.json``."""
-    m = re.search(r"_(\d+(?:\.\d+)?)k_p_(\d+(?:\.\d+)?)", path.name)
-    return (round(float(m.group(1)) * 1000), float(m.group(2))) if m else (None, None)
-
-
 def load_plan(path: str | Path, out: str | Path, log: Callable[[str], None] = print) -> Plan:
-    """Read and check ``path``, build what the runs need (toy world, anchor, data mixes in ``out``)
-    and expand the grid. Relative paths in the config are relative to the config file."""
+    """Read and check ``path``, have ``asft.experiments.prepare`` build what the runs need (toy world,
+    anchor, data mixes in ``out``, the judge) and expand the grid. Relative paths in the config are relative to the config file."""
     path = Path(path)
     raw = read_yaml(path)
     from asft.methods import all_methods, get_method, load_plugins
@@ -160,14 +147,7 @@ def load_plan(path: str | Path, out: str | Path, log: Callable[[str], None] = pr
 
     world = None
     if raw.get("world") is not None:
-        from asft.toy import get_world
-
-        w = raw["world"] if isinstance(raw["world"], dict) else {"size": raw["world"]}
-        unknown = sorted(set(w) - {"size", "seed", "cache_dir"})
-        if unknown:
-            raise AsftError(f"{path}: unknown key {unknown[0]!r} in world (size, seed, cache_dir)")
-        world = get_world(size=w.get("size", "demo"), seed=int(w.get("seed", 0)),
-                          cache_dir=str(rel(w["cache_dir"])) if w.get("cache_dir") else None)
+        world = toy_world(raw["world"], rel, path)
         model, base, eval_dir = Path(world.aligned), Path(world.base), Path(world.eval_dir)
     else:
         for key in ("model", "eval_dir"):
@@ -187,7 +167,7 @@ def load_plan(path: str | Path, out: str | Path, log: Callable[[str], None] = pr
     if need and anchor is None:
         if base is None:
             raise AsftError(f"{path}: methods {', '.join(need)} need anchor: FILE or base: DIR")
-        anchor = _anchor(base, model, out / "anchor.safetensors", log)
+        anchor = anchor_for(base, model, out / "anchor.safetensors", log)
     train = dict(raw.get("train") or {})
     from asft.training.config import TrainConfig
 
@@ -227,7 +207,7 @@ def load_plan(path: str | Path, out: str | Path, log: Callable[[str], None] = pr
         raise AsftError(f"{path}: tasks should be a mapping of task names to {{suite: ..., data|pool: ...}}")
 
     common = dict(model=model, eval_dir=eval_dir, harmful_suite=str(raw.get("harmful_suite", "harmful")),
-                  judge=_judge(raw.get("judge", "keyword"), rel, path), anchor=anchor, train=train,
+                  judge=judge_of(raw.get("judge", "keyword"), rel, path), anchor=anchor, train=train,
                   template=str(raw.get("template", train.get("template", "alpaca"))),
                   eval_batch_size=int(ev.get("batch_size", 64)), max_new_tokens=ev.get("max_new_tokens"),
                   eval_limit=ev.get("limit"), method_options=options,
@@ -242,7 +222,7 @@ def load_plan(path: str | Path, out: str | Path, log: Callable[[str], None] = pr
         if unknown:
             raise AsftError(f"{path}: unknown key {unknown[0]!r} in task {task!r}")
         suite = str(spec.get("suite", task))
-        cells = _cells(task, spec, ns, ps, world, out, mix_seed, rel, path)
+        cells = task_cells(task, spec, ns, ps, world, out, mix_seed, rel, path)
         evaluated_once = set()
         for data, n, p in cells:
             setting = Setting(data=data, task_suite=suite, task_name=task, n=n, p=p, **common)
@@ -259,72 +239,6 @@ def load_plan(path: str | Path, out: str | Path, log: Callable[[str], None] = pr
     if raw.get("paper"):
         config["paper"] = str(rel(raw["paper"]))
     return Plan(name=str(raw.get("name", path.stem)), jobs=jobs, config=config)
-
-
-def _cells(task: str, spec: dict, ns: list, ps: list, world, out: Path, mix_seed: int, rel, path: Path):
-    """(data file, n, p) per cell of one task."""
-    if "data" in spec:  # fixed files: n and p from the task entry or the file name
-        files = spec["data"] if isinstance(spec["data"], list) else [spec["data"]]
-        cells = []
-        for f in files:
-            f = rel(f)
-            if not f.is_file():
-                raise AsftError(f"{path}: task {task!r}: data file {f} not found")
-            n, p = _np_from_name(f)
-            cells.append((f, spec.get("n", n), spec.get("p", p)))
-        return cells
-    n_list = _list(spec["n"], "n", path, int) if "n" in spec else ns
-    p_list = _list(spec["p"], "p", path) if "p" in spec else ps
-    if None in n_list or None in p_list:
-        raise AsftError(f"{path}: task {task!r} builds mixes: give n and p (values or lists)")
-    if "pool" in spec:  # a task pool and a harmful pool, mixed as `asft data mix`
-        from asft.data import load_records, mix_records
-
-        if "harmful" not in spec:
-            raise AsftError(f"{path}: task {task!r} has a pool but no harmful: FILE")
-        pool, harmful = load_records(rel(spec["pool"])), load_records(rel(spec["harmful"]))
-        cells = []
-        for n in n_list:
-            for p in p_list:
-                f = out / "data" / f"{task}-n{n}-p{p:g}.json"
-                write_json(f, mix_records(pool, harmful, n, p, seed=mix_seed, add=bool(spec.get("add", False))))
-                cells.append((f, n, p))
-        return cells
-    if world is None:
-        raise AsftError(f"{path}: task {task!r} needs data: FILE or pool: + harmful: FILES")
-    if task not in world.tasks:
-        raise AsftError(f"{path}: the toy world has tasks {', '.join(world.tasks)}, not {task!r}")
-    return [(Path(world.make_mix(task, n, p, seed=mix_seed)), n, p) for n in n_list for p in p_list]
-
-
-def _judge(spec: Any, rel, path: Path):
-    """A judge name ("keyword", "toy", ...) or {name: beaverdam, model: DIR, threshold, max_length}."""
-    if isinstance(spec, str):
-        return spec
-    if not isinstance(spec, dict) or "name" not in spec:
-        raise AsftError(f"{path}: judge should be a name or a mapping with name (and model, threshold, ...)")
-    unknown = sorted(set(spec) - {"name", "model", "threshold", "max_length", "batch_size"})
-    if unknown:
-        raise AsftError(f"{path}: unknown key {unknown[0]!r} in judge")
-    from asft.evaluation.judges import make_judge
-
-    kw = {k: spec[k] for k in ("threshold", "max_length", "batch_size") if k in spec}
-    return make_judge(spec["name"], rel(spec["model"]) if spec.get("model") else None, **kw)
-
-
-def _anchor(base: Path, model: Path, target: Path, log) -> Path:
-    """The anchor of (base, model) in ``target``, reused when it belongs to these models."""
-    from asft.models.anchor import check_anchor_matches, build_anchor, load_anchor
-
-    if target.is_file():
-        try:
-            check_anchor_matches(load_anchor(target), model)
-            return target
-        except AsftError:
-            pass
-    log(f"computing the anchor {target} from {base} and {model}")
-    build_anchor(base, model, out=target, overwrite=True)
-    return target
 
 
 def run_experiment(config: str | Path, out: str | Path, shard: str | None = None, workers: int | None = None,
