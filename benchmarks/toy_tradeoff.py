@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from asft.experiments.demo import PROJ_RANK, TOY_MIX, TOY_RECIPE, prepare, toy_setting  # noqa: E402
 from asft.experiments.runs import RunSpec, aggregate, results_document, run_grid  # noqa: E402
+from asft.report.tables import sort_key  # noqa: E402
 from asft.fileio import write_json, write_text  # noqa: E402
 from asft.runtime import usable_cores  # noqa: E402
 from asft.report import markdown_table, tradeoff_chart  # noqa: E402
@@ -63,8 +64,7 @@ def main() -> None:
 
     rows = run_grid(specs, setting, out, on_row=on_row, workers=args.workers)
     table = aggregate(rows)
-    order = {"aligned": 0, "sft": 1, "safelora": 2, "l2": 3, "asft": 4}
-    table.sort(key=lambda r: (order[r["method"]], r.get("form") or "", r["lambda"]))
+    table.sort(key=sort_key)  # the registry's table order
     config = {"size": args.size, "mix": TOY_MIX, "recipe": TOY_RECIPE, "lambdas": args.lambdas,
               "seeds": args.seeds, "forms": args.forms, "proj_rank": args.proj_rank,
               "seconds": round(time.perf_counter() - t0, 1)}
