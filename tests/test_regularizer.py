@@ -42,6 +42,11 @@ def _entry(V, rank=None):
 def _naive_C(V, form, k=None):
     if form == "zero":
         return torch.zeros(V.shape[0], V.shape[0], dtype=V.dtype)
+    if form == "scaled":  # the paper's C rescaled: largest eigenvalue exactly 1
+        if k is None:
+            return V @ V.T / torch.linalg.matrix_norm(V, ord=2) ** 2
+        U, S, _ = torch.linalg.svd(V, full_matrices=False)
+        return (U[:, :k] * S[:k] ** 2) @ U[:, :k].T / S[0] ** 2
     if form == "reference":
         if k is None:
             return V @ V.T / torch.linalg.matrix_norm(V)
@@ -56,6 +61,9 @@ CASES = [  # (form, strategy, anchor rank, k)
     ("reference", "gram", None, None),
     ("reference", "factors", 3, 3),
     ("projector", "factors", None, 3),
+    ("scaled", "full", None, None),
+    ("scaled", "gram", None, None),
+    ("scaled", "factors", 3, 3),
     ("zero", "zero", None, None),
 ]
 
@@ -314,3 +322,18 @@ def test_each_operator_goes_to_its_own_modules_device(monkeypatch):
     sent.clear()
     assert pen().item() == pytest.approx(expected)
     assert sent == claimed
+
+
+def test_scaled_form_has_largest_eigenvalue_one_whatever_the_scale_of_v():
+    """``scaled``: C = V V^T / sigma_max^2, so eig_max(C) = 1 where the reference C's is
+    sigma_1^2 / ||V||_F (0.10-0.28 on the real and toy anchors); rescaling V changes nothing."""
+    V, A, B = _rand(20, 12, 4, seed=11)
+    ref, scaled = build_operator(_entry(V), "reference"), build_operator(_entry(V), "scaled")
+    S = torch.linalg.svdvals(V)
+    assert scaled.c_max == 1.0 and abs(ref.c_max - float(S[0] ** 2 / S.pow(2).sum().sqrt())) < 1e-3
+    C = _naive_C(V, "scaled")
+    assert abs(float(torch.linalg.eigvalsh(C).max()) - 1.0) < 1e-12
+    assert abs(scaled.penalty(A, B).item() - build_operator(_entry(7.5 * V), "scaled").penalty(A, B).item()) < 1e-9
+    # the update along V's top direction is free, as the projector form's
+    u = torch.linalg.svd(V, full_matrices=False)[0][:, :1]
+    assert scaled.penalty(A[:1], u).item() < 1e-20

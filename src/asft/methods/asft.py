@@ -1,7 +1,8 @@
 """``asft``: task loss + ``lam * sum ||(I - C) B A||_F^2`` with C from the alignment direction
 ``V = W_aligned - W_base`` (AsFT, arXiv 2506.08473). Forms of C: ``reference`` (V V^T / ||V||_F, the
-authors' public code) and ``projector`` (U_k U_k^T, the top-k left singular vectors of V); the engine
-is ``asft.methods.regularizer``."""
+authors' public code), ``projector`` (U_k U_k^T, the top-k left singular vectors of V) and ``scaled``
+(V V^T / sigma_max(V)^2, the reference C with its largest eigenvalue set to 1: the ablation of the
+scale); the engine is ``asft.methods.regularizer``."""
 
 from asft.methods.base import Method, register_method
 
@@ -13,7 +14,7 @@ class AsFT(Method):
     order = 70
     help = "task loss + lam * sum ||(I - C) B A||_F^2, C from the anchor (--form)"
     takes_lambda = True
-    forms = ("reference", "projector")
+    forms = ("reference", "projector", "scaled")
     needs_anchor = True
     shardable = False  # the penalty reads whole LoRA weights
 
@@ -28,7 +29,7 @@ class AsFT(Method):
 
     def family(self, row: dict) -> str:
         form = row.get("form") or self.forms[0]
-        return "asft (reference C)" if form == "reference" else f"asft ({form})"
+        return {"reference": "asft (reference C)", "scaled": "asft (scaled C)"}.get(form, f"asft ({form})")
 
     def describe_penalty(self, cfg: dict) -> str:
         return f"λ = {cfg.get('lam')}, C: {cfg.get('form')}"

@@ -11,6 +11,9 @@ For a LoRA pair of one module, ``A`` is (r, d_in) and ``B`` is (d_out, r), so th
 ``projector``  C = U_k U_k^T, the orthogonal projector onto the top-k left singular vectors of V.
                The paper writes C = V (V^T V)^-1 V^T; for a full-rank V that is the identity and
                the penalty vanishes, so a truncation to k < rank(V) is what makes it meaningful.
+``scaled``     C = V V^T / sigma_max(V)^2: the reference form's C rescaled so that its largest
+               eigenvalue is exactly 1 (the ablation: does the reference form fail only because its
+               C is small?). Same operators as ``reference``, with sigma_max^2 for ||V||_F.
 ``zero``       C = 0: ``lam * ||B A||_F^2``, the penalty of the ``l2`` control every comparison needs.
 
 Nothing here is ever d x d per step. With M = (I - C) B (d_out, r),
@@ -40,7 +43,7 @@ from asft.errors import AsftError
 if TYPE_CHECKING:
     from asft.models.anchor import Anchor, AnchorEntry
 
-FORMS = ("reference", "projector", "zero")  # zero: C = 0, the l2 control's penalty
+FORMS = ("reference", "projector", "scaled", "zero")  # zero: C = 0, the l2 control's penalty
 
 
 # ----------------------------------------------------------------------------- plain functions
@@ -118,7 +121,8 @@ def unknown_form(form: str) -> str:
 @dataclass
 class ModuleOperator:
     """What one module's penalty needs, precomputed once. Exactly one of the tensors is set
-    (none for ``zero``): ``V`` + ``norm`` (full reference form), ``G`` (Gram), ``P`` (factors)."""
+    (none for ``zero``): ``V`` + ``norm`` (full form, C = V V^T / norm: ||V||_F for ``reference``,
+    sigma_max^2 for ``scaled``), ``G`` (Gram), ``P`` (factors)."""
 
     name: str
     kind: str  # "zero" | "full" | "gram" | "factors"
@@ -178,6 +182,17 @@ def top_singular_value(M: torch.Tensor, q: int = 8, iters: int = 6) -> float:
     return float(torch.linalg.svdvals((M @ X).double())[0])
 
 
+EXACT_SIGMA_MAX = 1024  # sigma_max by a full float64 SVD up to this min(d_out, d_in); above, by iteration
+
+
+def sigma_max(V: torch.Tensor) -> float:
+    """The largest singular value of V: exact (float64 SVD) for modules up to ``EXACT_SIGMA_MAX`` wide,
+    else by block subspace iteration run to convergence (``top_singular_value``, 30 passes)."""
+    if min(V.shape) <= EXACT_SIGMA_MAX:
+        return float(torch.linalg.svdvals(V.double())[0]) if V.numel() else 0.0
+    return top_singular_value(V, iters=30)
+
+
 def build_operator(entry: "AnchorEntry", form: str, k: int | None = None,
                    energy: float | None = None, strategy: str = "auto",
                    dtype: torch.dtype | None = None) -> ModuleOperator:
@@ -203,24 +218,29 @@ def build_operator(entry: "AnchorEntry", form: str, k: int | None = None,
                             "(--proj-energy): with a full-rank V the untruncated projector is I")
         U, _ = entry.left_factors(k=k, energy=energy)
         return ModuleOperator(entry.name, "factors", P=U.to(dtype or U.dtype), c_max=1.0)
-    if form != "reference":
+    if form not in ("reference", "scaled"):
         raise AsftError(unknown_form(form))
     if entry.norm <= 0:  # module untouched by alignment: C = V V^T / ||V||_F -> 0 as V -> 0
         return ModuleOperator(entry.name, "zero")
-    if entry.V is None:  # rank-k anchor: C ~ P P^T with P = U_k S_k / sqrt(||V||_F)
+    # C = V V^T / denom: denom = ||V||_F (reference) or sigma_max(V)^2 (scaled, largest eigenvalue 1)
+    if entry.V is None:  # rank-k anchor: C ~ P P^T with P = U_k S_k / sqrt(denom)
         U, S = entry.left_factors(k=k, energy=energy)
-        P = U.double() * S.double() / math.sqrt(entry.norm)  # rounded once, below
-        return ModuleOperator(entry.name, "factors", P=P.to(dtype or U.dtype),
-                              c_max=float(S.double().max()) ** 2 / entry.norm if S.numel() else 0.0)
+        top = float(S.double().max()) ** 2 if S.numel() else 0.0
+        denom = entry.norm if form == "reference" else top
+        P = U.double() * S.double() / math.sqrt(denom)  # rounded once, below
+        return ModuleOperator(entry.name, "factors", P=P.to(dtype or U.dtype), c_max=top / denom)
     d_out, d_in = entry.V.shape
-    c_max = top_singular_value(entry.V) ** 2 / entry.norm
+    if form == "reference":
+        denom = float(entry.norm)
+        c_max = top_singular_value(entry.V) ** 2 / denom
+    else:
+        denom, c_max = sigma_max(entry.V) ** 2, 1.0
     gram = strategy == "gram" or (strategy == "auto" and (
         d_out < d_in or (d_out == d_in and entry.V.device.type == "cuda")))
     if gram:
-        G = gram_reference(entry.V, entry.norm)
+        G = gram_reference(entry.V, denom)
         return ModuleOperator(entry.name, "gram", G=G.to(dtype or G.dtype), c_max=c_max)
-    return ModuleOperator(entry.name, "full", V=entry.V.to(dtype or entry.V.dtype), norm=float(entry.norm),
-                          c_max=c_max)
+    return ModuleOperator(entry.name, "full", V=entry.V.to(dtype or entry.V.dtype), norm=denom, c_max=c_max)
 
 
 # ----------------------------------------------------------------------------- over a PEFT model

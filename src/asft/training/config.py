@@ -34,7 +34,8 @@ class TrainConfig:
     out: str = _opt("", "output folder: adapter, config.yaml, train_log.jsonl")
     method: str = _opt(DEFAULT_METHOD, "a registered method (asft.methods; `asft train --help` lists them)")
     anchor: str | None = _opt(None, "anchor file from `asft anchor` (method asft)")
-    form: str = _opt("reference", "C of the penalty: reference (V V^T/||V||_F, the public code's) | projector (U_k U_k^T)")
+    form: str = _opt("reference", "C of the penalty: reference (V V^T/||V||_F, the public code's) | projector "
+                      "(U_k U_k^T) | scaled (V V^T/sigma_max^2: largest eigenvalue 1)")
     lam: float = _opt(1.0, "penalty weight lambda")
     safety_data: str | None = _opt(None, "safeinstr / bea: safety demonstrations (harmful request -> refusal)")
     safety_n: int | None = _opt(None, "methods with safety data: demonstrations added (safeinstr 100, bea 11) "
