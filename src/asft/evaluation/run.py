@@ -1,25 +1,9 @@
 """Evaluation: harmful score (HS) and fine-tuning accuracy (FA) of a model, as in the paper.
 
-Suites and the files they read under ``data_dir`` (the reference layout, ``.../asft-reference/eval``):
-
-========== ====================================== ========== ========================================
-suite      file                                   max new    score
-========== ====================================== ========== ========================================
-harmful    harmful/saved_dataset_250.json         512        HS = % of answers the judge flags; HS+
-agnews     agnews/agnew_test_data.json            200        FA = accuracy (``asft.evaluation.metrics``)
-sst2       SST2/SST2_test.jsonl                   200        FA
-gsm8k      gsm8k/gsm8k_test_data.json             512        FA
-alpaca     alpaca/question.jsonl (+ judge prompts, 512        mean 1-10 LLM-judge rating (``score``)
-           reference answers)
-========== ====================================== ========== ========================================
-
-More suites come from plugins through ``register_suites``: ``import asft.toy`` adds ``toy-harmful``
-and ``toy-<task>`` (the toy world's held-out sets, scored by its exact judge); this module never
-imports the toy world.
-
-The max-new-token defaults follow the reference (512 for the harmful prompts, 200 for AG News; the
-reference used 200 for SST-2 and GSM8K too, we give GSM8K 512 so long worked solutions are not cut
-before ``The final answer is:``); ``max_new_tokens=`` overrides them all. Decoding is greedy.
+Each suite (``asft.evaluation.suites``: the file it reads under ``data_dir``, its answer length and
+its kind) is generated greedily, then scored here by its kind (``_score``): harmful suites by a judge
+(HS, HS+), AG News / SST-2 / GSM8K by accuracy (FA), Alpaca by an LLM rater, plugin ``task`` suites
+by their own ``correct``.
 
 Outputs in ``out_dir`` (all written atomically): ``<suite>.jsonl`` (every prompt, response and
 verdict / correctness), ``<suite>.result.json`` (metrics + cache key), ``summary.json`` and

@@ -27,11 +27,11 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from asft.errors import AsftError
 from asft.experiments.runs import Setting
 from asft.fileio import atomic_path, read_yaml, write_json
 
 DEMO_CONFIG = Path(__file__).with_name("demo.yaml")
+_SHIPPED = read_yaml(DEMO_CONFIG)
 
 
 def demo_config(size: str = "demo", world_seed: int = 0, seeds: Sequence[int] | None = None,
@@ -40,7 +40,7 @@ def demo_config(size: str = "demo", world_seed: int = 0, seeds: Sequence[int] | 
     """The shipped demo config with the command line's changes: the toy world (``size``, ``world_seed``,
     ``cache_dir``), training ``seeds``, the ``lambdas`` of every method with lambda, the training
     ``mix`` (``{"task", "n", "p"}``) and the ``methods`` list (config syntax)."""
-    raw = copy.deepcopy(read_yaml(DEMO_CONFIG))
+    raw = copy.deepcopy(_SHIPPED)
     raw["world"] = {"size": size, "seed": int(world_seed), **({"cache_dir": str(cache_dir)} if cache_dir else {})}
     if seeds:
         raw["seeds"] = [int(s) for s in seeds]
@@ -55,7 +55,6 @@ def demo_config(size: str = "demo", world_seed: int = 0, seeds: Sequence[int] | 
     return raw
 
 
-_SHIPPED = read_yaml(DEMO_CONFIG)
 TOY_RECIPE = {**_SHIPPED["train"], "template": _SHIPPED["template"]}  # the toy world's training recipe
 TOY_MIX = {"task": next(iter(_SHIPPED["tasks"])), **{k: v for k, v in next(iter(_SHIPPED["tasks"].values())).items()
                                                       if k in ("n", "p")}}
@@ -74,17 +73,14 @@ def toy_setting(world, anchor: Path | None, data: Path, task: str = TOY_MIX["tas
 def prepare(out: Path, size: str = "demo", seed: int = 0, cache_dir: str | None = None, log=print,
             mix: dict | None = None, progress: bool = False):
     """World, anchor file and training mix for a toy experiment in ``out`` (benchmarks/toy_tradeoff.py)."""
-    from asft.models.anchor import build_anchor, check_anchor_matches, load_anchor
+    from asft.experiments.prepare import anchor_for
     from asft.toy import get_world
 
     t0 = time.perf_counter()
     world = get_world(size=size, seed=seed, cache_dir=cache_dir, progress=progress)
     log(f"toy world ready in {time.perf_counter() - t0:.1f}s: {world.root}")
-    anchor = out / "anchor.safetensors"
-    try:  # reuse the anchor of an earlier run only if it belongs to this world's models
-        check_anchor_matches(load_anchor(anchor), world.aligned)
-    except AsftError:
-        build_anchor(world.base, world.aligned, out=anchor, overwrite=True)
+    # reuse the anchor of an earlier run only if it belongs to this world's models
+    anchor = anchor_for(Path(world.base), Path(world.aligned), Path(out) / "anchor.safetensors", log)
     mix = mix or TOY_MIX
     data = Path(world.make_mix(mix["task"], mix["n"], mix["p"]))
     return world, anchor, data
