@@ -37,12 +37,19 @@ class TrainConfig:
     form: str = _opt("reference", "C of the penalty: reference (V V^T/||V||_F, the public code's) | projector "
                       "(U_k U_k^T) | scaled (V V^T/sigma_max^2: largest eigenvalue 1)")
     lam: float = _opt(1.0, "penalty weight lambda")
-    safety_data: str | None = _opt(None, "safeinstr / bea: safety demonstrations (harmful request -> refusal)")
-    safety_n: int | None = _opt(None, "methods with safety data: demonstrations added (safeinstr 100, bea 11) "
-                                "or alignment records used (lisa: all) by default")
+    safety_data: str | None = _opt(None, "safety demonstrations (harmful request -> refusal): safeinstr, bea, "
+                                   "lisa and the data anchors")
+    safety_n: int | None = _opt(None, "methods with safety data: demonstrations added (safeinstr 100, bea 11), "
+                                "alignment records used (lisa: all) or anchor records drawn (act/fisher/"
+                                "nullspace 100, hidden/kl 32) by default")
     lisa_align_steps: int = _opt(100, "lisa: steps of each alignment state (the authors' scripts: 100)")
     lisa_finetune_steps: int = _opt(900, "lisa: steps of each fine-tuning state (the authors' scripts: 900)")
     lisa_rho: float = _opt(1.0, "lisa: weight rho of the proximal term rho/2 ||theta - theta_other||^2")
+    anchor_batch: int = _opt(8, "hidden-anchor / kl-anchor: safety prompts per optimiser update (a rotating "
+                             "subset of the --safety-n drawn)")
+    anchor_layers: list[str] = _opt(["-1"], "hidden-anchor: hidden-state indices anchored (-1: the last, as SBR)")
+    null_threshold: float = _opt(1e-2, "nullspace: input directions whose safety-data variance is below this "
+                                 "fraction of the largest are the ones LoRA may use")
     proj_rank: int | None = _opt(None, "k: rank of the projector form, or of C for a rank-k anchor")
     proj_energy: float | None = _opt(None, "or: smallest k that holds this fraction of ||V||_F^2")
     scale_by_lora: bool = _opt(False, "penalise the applied update (alpha/r) B A instead of B A")

@@ -39,6 +39,7 @@ class TrainResult:
     c_max_eig: dict[str, float] | None
     trigger: str | None = None  # bea: the secret prompt to prepend at inference
     lisa_alignment_steps: int | None = None  # lisa: steps spent on alignment batches
+    method_info: dict | None = None  # what the method's hook reports (e.g. nullspace: dimensions kept)
 
 
 def prepare_model(model: torch.nn.Module, cfg: TrainConfig) -> torch.nn.Module:
@@ -190,6 +191,7 @@ def train(cfg: TrainConfig, records: list[dict] | None = None) -> TrainResult:
         c_max_eig=penalty.spectrum() if penalty is not None and method.needs_anchor else None,
         trigger=trigger,
         lisa_alignment_steps=getattr(hook, "alignment_steps_done", None),
+        method_info=hook.summary() if hasattr(hook, "summary") else None,
     )
     if main_process:  # one writer: every process holds the same adapter
         save_adapter(model, out)

@@ -60,9 +60,16 @@ class AsftMixin:
 
     ``lr_gamma``: the reference code's StepLR (learning rate times gamma after every epoch)
     instead of the ``TrainingArguments`` scheduler; None keeps the Trainer's own.
-    ``log_path``: also append the logs to this JSONL file. ``hook``: a method's batch hook
-    (``Method.build_hook``, e.g. Lisa): ``next_inputs(inputs)`` picks each step's batch,
-    ``step_done()`` follows it, and its ``proximal()`` is the penalty.
+    ``log_path``: also append the logs to this JSONL file. ``hook``: a method's training hook
+    (``Method.build_hook``), each part optional: ``next_inputs(inputs)`` picks each micro-step's batch
+    and ``step_done()`` follows it (Lisa); ``penalty`` is the training-time term, used when ``penalty``
+    is not given (Lisa's proximal term, the data anchors); ``after_optimizer_step()`` runs after every
+    optimiser update (the null-space projection).
+
+    A penalty with ``per_step = True`` (one that runs the model on its own inputs: the hidden-state and
+    KL anchors) is called as ``penalty(step)`` once per optimiser update, on its last micro-batch, and
+    weighted so that it counts once; other penalties are called as ``penalty()`` on every micro-batch
+    with weight 1 / accumulation steps. Both count once per update.
 
     ``label_positions_only`` (``AsftTrainer``: on): in training, the output layer runs only at the
     positions whose next token is a label (``keep_label_positions``), with the model's own loss on
@@ -75,7 +82,7 @@ class AsftMixin:
                  steps_per_epoch: int | None = None, hook=None, **kwargs):
         super().__init__(*args, **kwargs)
         self.hook = hook  # e.g. asft.methods.lisa.Lisa: swaps in alignment batches, adds its proximal term
-        self.penalty = hook.proximal if hook is not None else penalty
+        self.penalty = penalty if penalty is not None else getattr(hook, "penalty", None)
         self.lr_gamma = lr_gamma
         self.steps_per_epoch = steps_per_epoch
         self.log_path = log_path
@@ -105,13 +112,21 @@ class AsftMixin:
         self._task_sum = self._task_sum + loss.detach() * (ga if scaled else 1)
         self._n += 1
         if self.penalty is not None and model.training:
-            pen = self.penalty()
-            loss = loss + (pen / ga if scaled else pen)
-            self._pen_sum = self._pen_sum + pen.detach()
+            if getattr(self.penalty, "per_step", False):
+                # runs the model: once per update, on the micro-batch after which the optimiser steps;
+                # weighted by the accumulation steps to count as one whole update's term
+                if self.accelerator.sync_gradients:
+                    pen = self.penalty(self.state.global_step)
+                    loss = loss + (pen if scaled else pen * ga)
+                    self._pen_sum = self._pen_sum + pen.detach() * ga
+            else:
+                pen = self.penalty()
+                loss = loss + (pen / ga if scaled else pen)
+                self._pen_sum = self._pen_sum + pen.detach()
         return (loss, outputs) if return_outputs else loss
 
     def training_step(self, model, inputs, num_items_in_batch=None):
-        if self.hook is None:
+        if not hasattr(self.hook, "next_inputs"):
             return super().training_step(model, inputs, num_items_in_batch)
         batch = self.hook.next_inputs(inputs)
         if batch is not inputs:  # an alignment batch: its loss is its own token mean
@@ -119,6 +134,15 @@ class AsftMixin:
         loss = super().training_step(model, batch, num_items_in_batch)
         self.hook.step_done()
         return loss
+
+    def create_optimizer(self, *args, **kwargs):
+        optimizer = super().create_optimizer(*args, **kwargs)
+        after = getattr(self.hook, "after_optimizer_step", None)
+        if after is not None and not getattr(optimizer, "_asft_after_step", False):
+            # on the torch optimiser itself (accelerate may wrap it later; the wrapper calls its step)
+            getattr(optimizer, "optimizer", optimizer).register_step_post_hook(lambda *_: after())
+            optimizer._asft_after_step = True
+        return optimizer
 
     def create_scheduler(self, num_training_steps, optimizer=None):
         # StepLR(step_size=1 epoch, gamma) of the reference code, as a per-update LambdaLR.
