@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -41,6 +42,32 @@ def test_two_gloo_processes_equal_one_process_on_the_global_batch(toy_world, tmp
     for k in wa:
         torch.testing.assert_close(wa[k], wb[k], rtol=1e-4, atol=1e-6)
     assert sorted(p.name for p in (tmp_path / "two").iterdir()) == sorted(p.name for p in (tmp_path / "one").iterdir())
+
+
+@pytest.mark.parametrize("method", ["hidden-anchor", "nullspace"])
+def test_safety_data_anchors_under_two_gloo_processes_equal_one_process(toy_world, tmp_path, method):
+    """A per-step anchor (its own forward on safety prompts, once per update) and the null-space
+    projection (an optimiser post-step hook) under DDP: the same losses, penalty and adapter."""
+    from asft.fileio import write_json
+
+    data = toy_world.make_mix("topic", 64, 0.1)
+    write_json(tmp_path / "safety.json", toy_world.safety_records()[:40])
+    args = ["--model", str(toy_world.aligned), "--data", str(data), "--method", method, "--lam", "1",
+            "--safety-data", str(tmp_path / "safety.json"), "--template", "chat", "--lr", "1e-3",
+            "--max-steps", "4", "--lora-dropout", "0", "--logging-steps", "1", "--quiet", "--threads", "1"]
+    one = _train(args, tmp_path / "one", 1, 8)
+    two = _train(args, tmp_path / "two", 2, 4)
+    steps = lambda log: [r for r in log if "task_loss" in r and "step" in r and "train_runtime" not in r]  # noqa: E731
+    assert len(steps(two)) == len(steps(one)) == 4
+    for a, b in zip(steps(one), steps(two)):
+        assert abs(a["task_loss"] - b["task_loss"]) < 1e-4 * abs(a["task_loss"])
+        assert abs(a["penalty"] - b["penalty"]) <= 1e-4 * abs(a["penalty"]) + 1e-9
+    if method == "hidden-anchor":
+        assert steps(one)[-1]["penalty"] > 0
+    wa = load_file(tmp_path / "one" / "adapter_model.safetensors")
+    wb = load_file(tmp_path / "two" / "adapter_model.safetensors")
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], rtol=1e-4, atol=1e-6)
 
 
 def test_penalty_methods_refuse_parameter_sharding():

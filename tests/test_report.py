@@ -19,20 +19,45 @@ def test_verdict_against_the_l2_control():
             _row("asft", 30, 78.7, 20.1, 100.0, 0.0, "projector"),  # 45 points less safe: l2 wins
             _row("asft", 1, 50.0, 2.0, 99.0, 0.5, "reference"),    # 40 points safer, FA 1 point lower
             _row("asft", 100, 5.0, 1.0, 60.0, 2.0, "projector"),   # safer, but FA 26 points lower
-            _row("asft", 300, 1.0, 0.0, 90.0, 0.0, "reference")]   # no l2 at 300 (and no SFT): no sentence
+            _row("asft", 300, 1.0, 0.0, 90.0, 0.0, "reference")]   # no l2 at 300: only the curve's verdict
     lines = verdict(rows)
-    assert len(lines) == 4
+    assert len(lines) == 5
     by = {line.split(":")[0]: line for line in lines}
+    # FA 90 lies between l2 λ=100 (FA 86.5) and l2 λ=30 (FA 98.8): t = 3.5 / 12.3
+    t = 3.5 / 12.3
+    hs, std = 29.6 + t * (33.8 - 29.6), 4.9 + t * (10.4 - 4.9)
+    assert by["asft (reference C) λ=300"] == (
+        f"asft (reference C) λ=300: HS 1.0 FA 90.0; vs the l2 curve at FA 90.0 (HS {hs:.1f} ± {std:.1f}, between "
+        f"l2 λ=100 and l2 λ=30): asft (reference C) λ=300 WINS by {hs - 1.0:.1f} HS points, beyond the seed spread")
+    assert "vs the l2 curve at FA 97.2 (HS 33.3 ± 9.7, between l2 λ=100 and l2 λ=30): no difference" in by[
+        "asft (reference C) λ=30"]
+    assert "vs the l2 curve at FA 100.0 (HS 90.0 ± 1.0, between l2 λ=30 and l2 λ=1): no difference" in by[
+        "asft (projector) λ=30"]  # 78.7 ± 20.1 against 90 ± 1: inside the spread
+    assert "FA 60.0 is outside its range (86.5-100.0): no verdict at matched FA" in by["asft (projector) λ=100"]
     assert by["asft (reference C) λ=30"].endswith("no difference beyond the seed spread")
     assert by["asft (projector) λ=30"].endswith("l2 λ=30 wins: safer at equal accuracy, beyond the seed spread")
     assert by["asft (reference C) λ=1"].endswith(
         "asft (reference C) λ=1 WINS: safer at equal accuracy, beyond the seed spread")
     assert by["asft (projector) λ=100"].endswith("not at matched FA (-26.5 FA points): no verdict on safety")
-    assert "HS 35.2 ± 6.8 FA 97.2 ± 1.1; vs l2 λ=30 HS 33.8 ± 10.4 FA 98.8 ± 1.0" in by["asft (reference C) λ=30"]
+    assert "no difference beyond the seed spread; vs l2 λ=30 HS 33.8 ± 10.4 FA 98.8 ± 1.0" in by["asft (reference C) λ=30"]
+    assert by["asft (reference C) λ=30"].startswith("asft (reference C) λ=30: HS 35.2 ± 6.8 FA 97.2 ± 1.1; vs the l2 curve")
     assert label(rows[3]) == "asft (reference C) λ=30" and label(rows[0]) == "l2 λ=30"
     # one seed: its std of 0 is no spread, so no win is claimed
     one = [{**r, "seeds": [0]} for r in rows]
     assert all(line.endswith("one seed: no seed spread to judge a difference by") for line in verdict(one))
+
+
+def test_control_curve_is_the_frontier_with_sft_and_the_aligned_model_at_its_ends():
+    from asft.report.tables import control_curve, on_curve
+
+    rows = [_row("sft", 0, 60.0, 2.0, 95.0, 1.0), _row("aligned", 0, 2.0, 0.0, 40.0, 0.0),
+            _row("l2", 1, 55.0, 2.0, 95.0, 1.0), _row("l2", 10, 58.0, 2.0, 90.0, 1.0),  # beaten by λ=1: dropped
+            _row("l2", 100, 10.0, 1.0, 70.0, 1.0), _row("act-anchor", 10, 1.0, 0.0, 94.0, 0.0)]
+    curve = control_curve(rows)
+    assert [(r["method"], r["lambda"]) for r in curve] == [("aligned", 0), ("l2", 100), ("l2", 1)]
+    hs, std, lo, hi = on_curve(curve, 55.0)
+    assert (lo["method"], hi["lambda"]) == ("aligned", 100) and hs == pytest.approx(6.0) and std == pytest.approx(0.5)
+    assert on_curve(curve, 96.0) is None and on_curve(curve, 39.0) is None
 
 
 def test_verdict_sets_every_method_beside_the_control_at_matched_fa_and_beside_sft():

@@ -164,6 +164,19 @@ def inspect_records(records: Sequence[dict], tokenizer: Any = None, template: st
 _TENSORS = ("SupervisedDataset", "PadCollator", "length_grouped_batches")  # asft.batches (torch)
 
 
+def prompt_overlap(records: list[dict], other: list[dict]) -> int:
+    """How many of ``records``' prompts occur in ``other`` (normalised: case, spacing, punctuation):
+    a safety anchor must never be built from the prompts it is evaluated on."""
+    import re
+
+    def norm(r: dict) -> str:
+        text = f"{r.get('instruction', '')} {r.get('input') or ''}".lower()
+        return " ".join(re.sub(r"[^\w\s]", " ", text).split())
+
+    seen = {norm(r) for r in other}
+    return sum(norm(r) in seen for r in records)
+
+
 def __getattr__(name: str):
     if name in _TENSORS:
         from asft import batches

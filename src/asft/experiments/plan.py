@@ -181,6 +181,13 @@ def load_plan(path: str | Path, out: str | Path, log: Callable[[str], None] = pr
         if safety is None and world is not None:  # the toy world supplies its own
             safety = out / "data" / "safety.json"
             write_json(safety, world.safety_records())
+        elif isinstance(safety, dict):  # {world: benign}: the control of the data anchors
+            if world is None or safety != {"world": "benign"}:
+                raise AsftError(f"{path}: safety_data should be a file, or {{world: benign}} with a toy world "
+                                f"(its benign requests answered by the aligned model), got {safety!r}")
+            safety = out / "data" / "benign.json"
+            if not safety.is_file():
+                write_json(safety, world.benign_records())
         if safety is None:
             raise AsftError(f"{path}: methods {', '.join(need)} need safety_data: FILE "
                             "(`asft data safety` makes one)")
@@ -236,6 +243,15 @@ def load_plan(path: str | Path, out: str | Path, log: Callable[[str], None] = pr
                     if get_method(method).fine_tunes:
                         jobs.append(Job(RunSpec(method, lam, form, seed), setting, parent))
     config = {"file": str(path), **raw}
+    if train.get("safety_data") and eval_dir is not None:
+        # a safety anchor must never be built from the prompts it is scored on: say how many it shares
+        from asft.data import load_records, prompt_overlap
+        from asft.evaluation.suites import load_suite
+
+        config["safety_overlap"] = prompt_overlap(load_records(train["safety_data"]),
+                                                  load_suite(common["harmful_suite"], eval_dir))
+        log(f"safety data {train['safety_data']}: {config['safety_overlap']} of its prompts are among the "
+            f"{common['harmful_suite']} evaluation prompts (normalised text)")
     if raw.get("paper"):
         config["paper"] = str(rel(raw["paper"]))
     return Plan(name=str(raw.get("name", path.stem)), jobs=jobs, config=config)

@@ -79,19 +79,6 @@ def encode_prompts(records: list[dict], tokenizer: Any, template: str, max_lengt
     return {"input_ids": input_ids, "attention_mask": mask, "last": mask.sum(1) - 1}
 
 
-def prompt_overlap(records: list[dict], other: list[dict]) -> int:
-    """How many of ``records``' prompts occur in ``other`` (normalised: case, spacing, punctuation):
-    a safety anchor must never be built from the prompts it is evaluated on."""
-    import re
-
-    def norm(r: dict) -> str:
-        text = f"{r.get('instruction', '')} {r.get('input') or ''}".lower()
-        return " ".join(re.sub(r"[^\w\s]", " ", text).split())
-
-    seen = {norm(r) for r in other}
-    return sum(norm(r) in seen for r in records)
-
-
 # ----------------------------------------------------------------------------- module statistics
 
 def lora_modules(model: nn.Module) -> dict[str, nn.Module]:

@@ -28,13 +28,13 @@ class KlAnchorPenalty:
         import torch
 
         from asft.batches import PadCollator
-        from asft.training.trainer import _accepts_logits_to_keep
+        from asft.models.modeling import accepts_logits_to_keep
 
         batch = PadCollator(0)([self.examples[i] for i in idx])
         ids, mask, labels = (batch[k].to(device) for k in ("input_ids", "attention_mask", "labels"))
         keep = torch.zeros_like(labels, dtype=torch.bool)
         keep[:, :-1] = labels[:, 1:] != -100   # position t predicts token t + 1
-        if _accepts_logits_to_keep(self.model):
+        if accepts_logits_to_keep(self.model):
             logits = self.model(input_ids=ids, attention_mask=mask, logits_to_keep=keep).logits
             logits = logits.reshape(-1, logits.shape[-1])
         else:

@@ -117,3 +117,19 @@ def save_adapter(model: torch.nn.Module, out: Path) -> None:
     for f in tmp.iterdir():
         f.replace(out / f.name)
     tmp.rmdir()
+
+
+def accepts_logits_to_keep(model) -> bool:
+    """Whether the causal LM under ``model`` (PEFT / DDP wrappers removed) slices its hidden states by
+    a boolean (batch, length) ``logits_to_keep`` before the output layer (transformers >= 5)."""
+    try:
+        from transformers.modeling_utils import slice_logits_to_keep  # noqa: F401  the 2-D boolean form
+    except ImportError:
+        return False
+    import inspect
+
+    while hasattr(model, "module"):
+        model = model.module
+    if hasattr(model, "get_base_model"):
+        model = model.get_base_model()
+    return "logits_to_keep" in inspect.signature(model.forward).parameters

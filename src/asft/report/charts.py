@@ -48,15 +48,17 @@ def tradeoff_chart(rows: Sequence[dict], path: str | Path, title: str = "") -> P
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.4, 4.8))
+    fig, ax = plt.subplots(figsize=(8.4, 4.8))
     families: dict[str, list[dict]] = {}
     for r in rows:
         families.setdefault(family(r), []).append(r)
-    for fam, rs in families.items():
+    palette = plt.get_cmap("tab20")  # one colour per line: the default cycle repeats after 10
+    for i, (fam, rs) in enumerate(families.items()):
         method = method_of(rs[0])
         rs = sorted(rs, key=lambda r: r["lambda"])
         ax.errorbar([r["fa"] for r in rs], [r["hs"] for r in rs], xerr=[r.get("fa_std") or 0 for r in rs],
                     yerr=[r.get("hs_std") or 0 for r in rs], marker=method.marker if method is not None else "^", capsize=2,
+                    color=palette((2 * i) % 20 + (i // 10) % 2),
                     linestyle="-" if len(rs) > 1 else "none", label=label(rs[0]) if len(rs) == 1 else fam)
         if len(rs) > 1:
             for r in rs:
@@ -67,7 +69,7 @@ def tradeoff_chart(rows: Sequence[dict], path: str | Path, title: str = "") -> P
     ax.set_xlim(-2, 102)
     ax.set_ylim(-2, 102)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))  # beside the plot, not over points
     if title:
         ax.set_title(title, fontsize=10)
     fig.tight_layout()

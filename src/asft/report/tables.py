@@ -84,18 +84,75 @@ def _matched_control(row: dict, controls: list[dict]) -> dict | None:
     return min(scored, key=lambda c: (abs(c["fa"] - row["fa"]), c["lambda"]), default=None)
 
 
+def control_curve(rows: Sequence[dict]) -> list[dict]:
+    """The control's HS-against-FA frontier: its rows at every lambda, with SFT (lambda = 0 of the same
+    penalty) and the aligned model (lambda -> infinity) as the ends, reduced to the points no other
+    point beats on both (lower HS at higher or equal FA), in FA order. Fair to the control: a method
+    is compared with the best the control reaches at that accuracy."""
+    from asft.methods import aligned_method
+
+    ends = (control_method().name, plain_method().name, aligned_method().name)
+    points = sorted((r for r in rows if r["method"] in ends and r.get("fa") is not None and r.get("hs") is not None),
+                    key=lambda r: (-r["fa"], r["hs"]))
+    frontier, best = [], float("inf")
+    for r in points:  # from the highest FA down: keep a point when it is safer than every point above it
+        if r["hs"] < best:
+            frontier.append(r)
+            best = r["hs"]
+    return frontier[::-1]
+
+
+def on_curve(curve: list[dict], fa: float) -> tuple[float, float, dict, dict] | None:
+    """The control's (HS, HS std) at accuracy ``fa``, linearly interpolated between the two frontier points
+    around it (stds likewise), and those points; None when ``fa`` is outside the curve's FA range."""
+    for lo, hi in zip(curve, curve[1:]):
+        if lo["fa"] <= fa <= hi["fa"]:
+            t = 0.0 if hi["fa"] == lo["fa"] else (fa - lo["fa"]) / (hi["fa"] - lo["fa"])
+            mix = lambda k: (1 - t) * (lo.get(k) or 0.0) + t * (hi.get(k) or 0.0)  # noqa: E731
+            return mix("hs"), mix("hs_std"), lo, hi
+    if len(curve) == 1 and curve[0]["fa"] == fa:
+        return curve[0]["hs"], curve[0].get("hs_std") or 0.0, curve[0], curve[0]
+    return None
+
+
+def curve_verdict(row: dict, curve: list[dict]) -> str | None:
+    """``row`` against the control's curve at the same FA: safer beyond the seed spread (its HS std plus
+    the interpolated one), less safe, or no difference; None without a curve."""
+    if len(curve) < 1 or row.get("fa") is None:
+        return None
+    name = control_method().name
+    at = on_curve(curve, row["fa"])
+    if at is None:
+        return (f"vs the {name} curve: FA {row['fa']:.1f} is outside its range ({curve[0]['fa']:.1f}-"
+                f"{curve[-1]['fa']:.1f}): no verdict at matched FA")
+    hs, std, lo, hi = at
+    where = f"between {label(lo)} and {label(hi)}" if lo is not hi else f"at {label(lo)}"
+    head = f"vs the {name} curve at FA {row['fa']:.1f} (HS {hs:.1f} ± {std:.1f}, {where}): "
+    if len(row.get("seeds", (0, 1))) < 2:
+        return head + "one seed: no seed spread to judge a difference by"
+    gap = (row.get("hs_std") or 0.0) + std
+    if row["hs"] < hs - gap:
+        return head + f"{label(row)} WINS by {hs - row['hs']:.1f} HS points, beyond the seed spread"
+    if row["hs"] > hs + gap:
+        return head + f"the {name} control is safer by {row['hs'] - hs:.1f} HS points, beyond the seed spread"
+    return head + "no difference beyond the seed spread"
+
+
 def verdict(rows: Sequence[dict]) -> list[str]:
     """Plain sentences, one per fine-tuned setting: is it safer than the l2 control (the penalty with
     C = 0: what tells whether a method adds anything beyond shrinking the update) and than plain SFT,
     at equal accuracy and beyond the seed spread? The control is taken at the same lambda for a method
-    with lambda, else at the closest FA. Rows of a single seed (``seeds``) get no verdict: they have no
-    spread to judge by."""
+    with lambda, else at the closest FA; and on the control's HS-FA curve at exactly the method's FA
+    (``curve_verdict``: interpolated between the control's lambdas, SFT and the aligned model at its
+    ends). Rows of a single seed (``seeds``) get no verdict: they have no spread to judge by."""
     control, plain = control_method().name, plain_method().name
     controls = [r for r in rows if r["method"] == control]
     sft = next((r for r in rows if r["method"] == plain), None)
+    curve = control_curve(rows) if controls else []
     lines = []
     for r in sorted((r for r in rows if r["method"] not in (control, plain) and fine_tuned(r)), key=sort_key):
-        parts = []
+        on = curve_verdict(r, curve) if curve else None
+        parts = [on] if on is not None else []  # first: the verdict at exactly the method's FA
         c = _matched_control(r, controls)
         if c is not None:
             parts.append(f"vs {label(c)} HS {_pm(c, 'hs')} FA {_pm(c, 'fa')}: {_compare(r, c, label(r), label(c))}")

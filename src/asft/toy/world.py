@@ -152,6 +152,22 @@ class World:
         baselines: the world's alignment records whose answer is a refusal."""
         return [r for r in read_json(self.root / "data" / "alignment.json") if r["output"] in L.REFUSALS]
 
+    def benign_records(self, n: int = 300) -> list[dict]:
+        """Benign requests answered by the aligned model itself (greedy, as the suites generate): the
+        control of the data anchors (is their protection specific to safety data, or does any off-task
+        anchor do it?). The first ``n`` benign requests of the alignment data, in its order."""
+        import torch
+
+        from asft.models.modeling import load_model, load_tokenizer
+
+        rows = [r for r in read_json(self.root / "data" / "alignment.json") if r["output"] not in L.REFUSALS][:n]
+        tok = load_tokenizer(self.aligned)
+        model = load_model(self.aligned, dtype="float32")
+        with torch.no_grad():
+            answers = _generate(model, tok, rows)
+        return [{"instruction": r["instruction"], "input": r.get("input", ""), "output": a.strip()}
+                for r, a in zip(rows, answers)]
+
     def mix_path(self, task: str, n: int, p: float, seed: int = MIX_SEED) -> Path:
         suffix = "" if seed == MIX_SEED else f"_s{seed}"
         return self.root / "train" / f"{task}_n{n}_p{_fmt_p(p)}{suffix}.json"

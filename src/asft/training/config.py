@@ -45,7 +45,7 @@ class TrainConfig:
     lisa_align_steps: int = _opt(100, "lisa: steps of each alignment state (the authors' scripts: 100)")
     lisa_finetune_steps: int = _opt(900, "lisa: steps of each fine-tuning state (the authors' scripts: 900)")
     lisa_rho: float = _opt(1.0, "lisa: weight rho of the proximal term rho/2 ||theta - theta_other||^2")
-    anchor_batch: int = _opt(8, "hidden-anchor / kl-anchor: safety prompts per optimiser update (a rotating "
+    anchor_batch: int = _opt(2, "hidden-anchor / kl-anchor: safety prompts per optimiser update (a rotating "
                              "subset of the --safety-n drawn)")
     anchor_layers: list[str] = _opt(["-1"], "hidden-anchor: hidden-state indices anchored (-1: the last, as SBR)")
     null_threshold: float = _opt(1e-2, "nullspace: input directions whose safety-data variance is below this "

@@ -14,22 +14,7 @@ import torch
 
 from asft.errors import AsftError
 from asft.fileio import append_jsonl
-
-
-def _accepts_logits_to_keep(model) -> bool:
-    """Whether the causal LM under ``model`` (PEFT / DDP wrappers removed) slices its hidden states by
-    a boolean (batch, length) ``logits_to_keep`` before the output layer (transformers >= 5)."""
-    try:
-        from transformers.modeling_utils import slice_logits_to_keep  # noqa: F401  the 2-D boolean form
-    except ImportError:
-        return False
-    import inspect
-
-    while hasattr(model, "module"):
-        model = model.module
-    if hasattr(model, "get_base_model"):
-        model = model.get_base_model()
-    return "logits_to_keep" in inspect.signature(model.forward).parameters
+from asft.models.modeling import accepts_logits_to_keep
 
 
 def keep_label_positions(model, inputs: dict) -> dict:
@@ -43,7 +28,7 @@ def keep_label_positions(model, inputs: dict) -> dict:
     262k-word vocabulary (Gemma 3) costs more than the rest of the model; an SST-2 answer is 1-5 of ~100
     tokens. Unchanged inputs when the model cannot slice this way."""
     labels = inputs.get("labels")
-    if labels is None or labels.dim() != 2 or "logits_to_keep" in inputs or not _accepts_logits_to_keep(model):
+    if labels is None or labels.dim() != 2 or "logits_to_keep" in inputs or not accepts_logits_to_keep(model):
         return inputs
     nxt = labels[:, 1:]
     keep = torch.zeros_like(labels, dtype=torch.bool)
