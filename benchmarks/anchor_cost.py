@@ -17,7 +17,6 @@ step and its ratio to the plain step. Start-up costs (statistics, references) ar
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -60,6 +59,7 @@ def build(name: str, model_dir: str, tok, cfg_kw: dict, dtype):
 
 def main() -> None:
     from asft.data import load_records
+    from asft.fileio import write_json
     from asft.batches import PadCollator, SupervisedDataset, length_grouped_batches
     from asft.models.modeling import load_tokenizer
     from asft.runtime import apply_threads
@@ -84,7 +84,6 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     toy = args.model is None
     if toy:
-        from asft.fileio import write_json
         from asft.toy import get_world
 
         world = get_world("demo", 0)
@@ -134,9 +133,7 @@ def main() -> None:
     for k, v in med.items():
         print(f"| {k} | {v:.3f} | {v / plain:.2f}x | {setup[k]:.1f} |")
     out = Path(args.out or HERE / "results" / f"anchor_cost_{name}.json")
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(res, indent=2) + "\n")
-    tmp.replace(out)
+    write_json(out, res)  # temporary file + rename
     print(f"wrote {out}")
 
 

@@ -382,5 +382,5 @@ def test_anchor_options_are_refused_with_one_line(world, tmp_path):
         TrainConfig(method="nullspace", safety_data="s", null_threshold=1.5).validate()
     with pytest.raises(AsftError, match="--anchor-layers takes hidden-state indices"):
         TrainConfig(method="hidden-anchor", safety_data="s", anchor_layers=["last"]).validate()
-    with pytest.raises(AsftError, match="--anchor-batch must be >= 1"):
+    with pytest.raises(AsftError, match="anchor_batch must be >= 1, got 0"):
         TrainConfig(method="kl-anchor", safety_data="s", anchor_batch=0).validate()

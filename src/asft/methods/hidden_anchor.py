@@ -91,8 +91,6 @@ class HiddenAnchor(Method):
     def validate(self, cfg) -> None:
         super().validate(cfg)
         parse_layers(cfg.anchor_layers)
-        if cfg.anchor_batch < 1:
-            raise AsftError(f"--anchor-batch must be >= 1, got {cfg.anchor_batch}")
 
     def build_hook(self, cfg, model, tokenizer, args, batches_per_epoch: int):
         from asft.methods.anchors import StatisticsHook, draw_safety, encode_prompts

@@ -11,7 +11,6 @@ x 4 bytes = 190 MB for SmolLM2). The output layer runs only at the response posi
 
 from __future__ import annotations
 
-from asft.errors import AsftError
 from asft.methods.base import Method, register_method
 
 
@@ -79,11 +78,6 @@ class KlAnchor(Method):
     needs_safety_data = True
     default_safety_n = 32
     shardable = False  # runs the unwrapped model on its own demonstrations
-
-    def validate(self, cfg) -> None:
-        super().validate(cfg)
-        if cfg.anchor_batch < 1:
-            raise AsftError(f"--anchor-batch must be >= 1, got {cfg.anchor_batch}")
 
     def build_hook(self, cfg, model, tokenizer, args, batches_per_epoch: int):
         from asft.batches import SupervisedDataset

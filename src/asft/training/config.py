@@ -86,7 +86,7 @@ class TrainConfig:
             raise AsftError(f"lambda must be a finite number >= 0, got {self.lam}")
         if self.max_steps is not None and self.max_steps < 1:
             raise AsftError(f"max_steps must be >= 1, got {self.max_steps}")
-        for key in ("lora_r", "batch_size", "grad_accum", "max_length"):
+        for key in ("lora_r", "batch_size", "grad_accum", "max_length", "anchor_batch"):
             if getattr(self, key) < 1:
                 raise AsftError(f"{key} must be >= 1, got {getattr(self, key)}")
 
