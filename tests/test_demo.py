@@ -21,10 +21,11 @@ def test_demo_config_expands_to_every_method_over_lambda_and_seeds(toy_world, tm
         return load_plan(path, tmp_path / "out", log=lambda *a: None)
 
     jobs = plan_of().jobs
-    assert len(jobs) == 1 + 3 * (2 + 3 * 4 + 2) == 49
+    assert len(jobs) == 1 + 3 * (2 + 4 + 3 + 4 + 2) == 46
     groups = {j.spec.group for j in jobs}
     for lam in (1, 10, 30, 100):
-        assert {f"asft-reference-lam{lam:g}", f"asft-projector-lam{lam:g}", f"l2-lam{lam:g}"} <= groups
+        assert {f"asft-reference-lam{lam:g}", f"l2-lam{lam:g}"} <= groups
+        assert (f"asft-projector-lam{lam:g}" in groups) == (lam != 1)
     assert {"hidden-anchor-lam0.01", "hidden-anchor-lam0.1"} <= groups
     assert [j.spec.name for j in plan_of(seeds=[7], lambdas=[5.0]).jobs] == [
         "aligned", "sft-s7", "safelora-s7", "asft-reference-lam5-s7", "asft-projector-lam5-s7", "l2-lam5-s7",

@@ -88,6 +88,12 @@ def _cells(table: list[dict]) -> list[tuple]:
                   key=lambda c: (c[0] or 0, c[1] or 0))
 
 
+def _cell_rows(rows: Sequence[dict], task: str, n, p) -> list[dict]:
+    """The rows of one (task, n, p) cell, with the aligned model's row of the task (evaluated once,
+    without n and p): the end of the control's curve at lambda -> infinity."""
+    return [r for r in rows if r["task"] == task and ((r.get("n"), r.get("p")) == (n, p) or not fine_tuned(r))]
+
+
 def write_report(runs: list[dict], out: str | Path, paper: str | Path | None = None,
                  title: str = "asft experiment", config: dict | None = None, rejudged_by: str | None = None) -> dict:
     """Aggregate ``runs`` (per-run rows) over seeds and write every output into ``out``.
@@ -109,7 +115,7 @@ def write_report(runs: list[dict], out: str | Path, paper: str | Path | None = N
     for n, p in cells:
         md += [f"\n## n = {n}, p = {p}\n\n", main_table(table, n, p)]
         for t in tasks:
-            lines = verdict([r for r in table if r["task"] == t and (r.get("n"), r.get("p")) == (n, p)])
+            lines = verdict(_cell_rows(table, t, n, p))
             verdicts += lines
             if lines:
                 md += [f"\nEach method against the l2 control and SFT ({t}):\n\n"] + [f"- {x}\n" for x in lines]
@@ -117,7 +123,7 @@ def write_report(runs: list[dict], out: str | Path, paper: str | Path | None = N
             again = [{**r, "hs": r["hs_rejudged"], "hs_std": r.get("hs_rejudged_std")} for r in table]
             md += [f"\nThe same answers, HS by the judge {rejudged_by}:\n\n", main_table(again, n, p)]
             for t in tasks:
-                lines = verdict([r for r in again if r["task"] == t and (r.get("n"), r.get("p")) == (n, p)])
+                lines = verdict(_cell_rows(again, t, n, p))
                 if lines:
                     md += [f"\nEach method against the l2 control and SFT ({t}, {rejudged_by}):\n\n"] + [f"- {x}\n" for x in lines]
     plots: list[Path] = []
