@@ -62,12 +62,20 @@ def test_safety_data_anchors_under_two_gloo_processes_equal_one_process(toy_worl
     for a, b in zip(steps(one), steps(two)):
         assert abs(a["task_loss"] - b["task_loss"]) < 1e-4 * abs(a["task_loss"])
         assert abs(a["penalty"] - b["penalty"]) <= 1e-4 * abs(a["penalty"]) + 1e-9
-    if method == "hidden-anchor":
-        assert steps(one)[-1]["penalty"] > 0
     wa = load_file(tmp_path / "one" / "adapter_model.safetensors")
     wb = load_file(tmp_path / "two" / "adapter_model.safetensors")
+    # AdamW divides by sqrt(v): in coordinates whose gradient is near zero, the float-order difference of
+    # an all-reduce is amplified (2 of 512 elements differ by 3e-5 for hidden-anchor), so the adapters
+    # are compared to 0.1 x lr; without the method's term the adapter moves by far more (checked below)
+    tol = dict(rtol=1e-3, atol=1e-4)
     for k in wa:
-        torch.testing.assert_close(wa[k], wb[k], rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(wa[k], wb[k], **tol)
+    if method == "hidden-anchor":
+        assert steps(one)[-1]["penalty"] > 0
+        free = ["--method" if a == "--method" else ("sft" if a == method else a) for a in args]
+        _train(free, tmp_path / "free", 1, 8)  # the same run without the anchor's gradient
+        wf = load_file(tmp_path / "free" / "adapter_model.safetensors")
+        assert any(not torch.allclose(wa[k], wf[k], **tol) for k in wa)
 
 
 def test_penalty_methods_refuse_parameter_sharding():
