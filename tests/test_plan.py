@@ -73,10 +73,36 @@ def test_plan_expands_the_grid_and_shards_keep_safelora_with_its_sft(toy_world, 
     ({"tasks": {"math": {"suite": "toy-topic"}}}, "the toy world has tasks"),
     ({"train": {"lr": 1, "seed": 3}}, "train option 'seed' is unknown or set by the experiment"),
     ({"evals": {}}, "unknown key 'evals'"),
+    ({"methods": ["act-anchor"]}, "method act-anchor needs lam"),
+    ({"methods": ["sft", {"method": "act-anchor", "lam": 1}], "safety_data": {"world": "refusals"}},
+     r"safety_data should be a file, or \{world: benign\}"),
 ])
 def test_plan_refuses_bad_configs_by_name(toy_world, tmp_path, over, message):
     with pytest.raises(AsftError, match=message):
         load_plan(_config(tmp_path, toy_world, **over), tmp_path / "out")
+
+
+def test_anchor_configs_plan_their_runs_and_the_benign_control_uses_the_aligned_models_answers(toy_world, tmp_path):
+    """configs/toy_anchors*.yaml expand to their grids; ``safety_data: {world: benign}`` writes benign
+    requests answered by the aligned model (no refusals among them) and the plan records the overlap of
+    the anchor data with the harmful evaluation prompts."""
+    import asft.toy  # noqa: F401
+
+    sizes = {"toy_anchors": 1 + 2 * 3 * 35, "toy_anchors_benign": 1 + 2 * 3 * 27, "toy_anchors_equal": 1 + 2 * 3 * 12}
+    for name, n in sizes.items():
+        raw = yaml.safe_load((REPO / "configs" / f"{name}.yaml").read_text())
+        raw["world"] = {"size": "test", "seed": 0, "cache_dir": str(toy_world.root.parent)}
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(raw))
+        lines = []
+        plan = load_plan(path, tmp_path / name, log=lines.append)
+        assert len(plan.jobs) == n, name
+        assert plan.config["safety_overlap"] == 0 and any("0 of its prompts are among" in x for x in lines)
+    benign = json.loads((tmp_path / "toy_anchors_benign" / "data" / "benign.json").read_text())
+    from asft.toy.lexicon import REFUSALS
+
+    assert len(benign) == 300 and not any(r["output"] in REFUSALS for r in benign)
+    assert all(r["output"] for r in benign)
 
 
 def test_plan_with_fixed_files_and_pools(toy_world, tmp_path):
