@@ -105,6 +105,47 @@ def test_anchor_configs_plan_their_runs_and_the_benign_control_uses_the_aligned_
     assert all(r["output"] for r in benign)
 
 
+def test_a_config_cannot_import_code_or_write_outside_out(toy_world, tmp_path, monkeypatch):
+    """An experiment config is data: a plugin that is not the package's own is refused before it is
+    imported (even for --dry-run) unless the command line allows it; a task name cannot leave --out."""
+    marker = tmp_path / "imported"
+    (tmp_path / "mods").mkdir()
+    (tmp_path / "mods" / "evilplug.py").write_text(f"open({str(marker)!r}, 'w').write('ran')\n")
+    monkeypatch.syspath_prepend(str(tmp_path / "mods"))
+    cfg = _config(tmp_path, toy_world, plugins=["asft.toy", "evilplug"])
+    with pytest.raises(AsftError, match="plugin 'evilplug' is not imported: a config is data"):
+        load_plan(cfg, tmp_path / "out", log=lambda m: None)
+    assert not marker.exists()
+    load_plan(cfg, tmp_path / "out", log=lambda m: None, allow_plugins=["evilplug"])
+    assert marker.read_text() == "ran"
+    for bad in ("../../../escaped_task", "a/b", ".hidden", ""):
+        with pytest.raises(AsftError, match="task name .* should be letters, digits"):
+            load_plan(_config(tmp_path, toy_world, tasks={bad: {"suite": "toy-topic"}}), tmp_path / "out2",
+                      log=lambda m: None)
+    assert not (tmp_path / "escaped_task").exists() and not (tmp_path.parent / "escaped_task").exists()
+    cfg = _config(tmp_path, toy_world, plugins=["asft.toy", "evilplug"])  # (_config rewrites one file)
+    marker.unlink()
+    proc = subprocess.run([sys.executable, "-m", "asft", "experiment", str(cfg), "--out", str(tmp_path / "o3"),
+                           "--dry-run"], capture_output=True, text=True, cwd=tmp_path,
+                          env={**os.environ, "PYTHONPATH": f"{REPO / 'src'}{os.pathsep}{tmp_path / 'mods'}"})
+    assert proc.returncode == 2 and "--allow-plugin evilplug" in proc.stderr and "Traceback" not in proc.stderr
+    assert not marker.exists()  # --dry-run imported nothing it was not allowed to
+
+
+def test_output_files_keep_the_users_umask(tmp_path):
+    from asft.fileio import write_json
+
+    old = os.umask(0o022)
+    try:
+        write_json(tmp_path / "a.json", {"x": 1})
+        os.umask(0o077)
+        write_json(tmp_path / "b.json", {"x": 1})
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o644  # mkstemp alone gives 0600
+    assert (tmp_path / "b.json").stat().st_mode & 0o777 == 0o600
+
+
 def test_plan_with_fixed_files_and_pools(toy_world, tmp_path):
     """Real-model form: model/base/eval_dir folders, a fixed data file (n, p from its name) and pools."""
     from asft.fileio import read_json, write_json

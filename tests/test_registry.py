@@ -65,7 +65,9 @@ def test_plugin_method_trains_with_asft_train_and_runs_in_an_experiment(toy_worl
            "eval": {"limit": 16, "batch_size": 64}}
     path = tmp_path / "exp.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    res = run_experiment(path, tmp_path / "exp", workers=2, log=lambda m: None)
+    with pytest.raises(AsftError, match="plugin 'plugin_method' is not imported: a config is data"):
+        run_experiment(path, tmp_path / "exp", workers=2, log=lambda m: None)
+    res = run_experiment(path, tmp_path / "exp", workers=2, log=lambda m: None, allow_plugins=["plugin_method"])
     groups = [r["group"] for r in res["report"]["rows"]]
     assert groups == ["sft", "l2-lam5", "shrinkb-lam5"]  # the plugin's table order
     row = next(r for r in res["report"]["rows"] if r["group"] == "shrinkb-lam5")

@@ -18,6 +18,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--shard", metavar="I/N", help="run only shard I of N (machines sharing --out)")
     p.add_argument("--workers", type=int, help="runs at once, one CPU thread each (default: the config's, else 1)")
     p.add_argument("--dry-run", action="store_true", help="list the runs of this shard and exit")
+    p.add_argument("--allow-plugin", action="append", default=[], metavar="MODULE",
+                   help="let the config's plugins: import MODULE (only the package's own, e.g. asft.toy, "
+                        "are imported otherwise: a config is data, an import runs code); repeatable")
     p.set_defaults(func=run)
 
 
@@ -29,9 +32,10 @@ def run(args: argparse.Namespace) -> int:
     from asft.experiments.plan import load_plan, parse_shard, run_experiment
 
     console = Console()
+    allow = [*args.allow_plugin, *getattr(args, "plugin", [])]  # --plugin MODULE was imported already
     if args.dry_run:
         index, count = parse_shard(args.shard)
-        plan = load_plan(args.config, args.out, log=console.print)
+        plan = load_plan(args.config, args.out, log=console.print, allow_plugins=allow)
         for job in plan.shard(index, count):
             state = "done" if (job.folder / "row.json").is_file() else "to do"
             console.print(f"{state:6} {job.folder}")
@@ -43,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
         console.print(f"{where} {spec.name}: HS {row['hs']:.1f}  FA {fa}")
 
     res = run_experiment(args.config, args.out, shard=args.shard, workers=args.workers, log=console.print,
-                         on_row=on_row)
+                         on_row=on_row, allow_plugins=allow)
     if res["report"] is not None:
         console.print(Path(args.out, "results.md").read_text(encoding="utf-8"))
         console.print(f"{res['total']} runs in {res['seconds']:.0f}s; results.json, results.csv, results.md, "

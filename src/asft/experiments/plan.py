@@ -19,7 +19,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from asft.errors import AsftError
 from asft.experiments.prepare import anchor_for, as_list as _list, judge_of, task_cells, toy_world
@@ -123,9 +123,21 @@ def _methods(raw: Any, path: Path) -> list[tuple[str, float, str | None]]:
     return out
 
 
-def load_plan(path: str | Path, out: str | Path, log: Callable[[str], None] = print) -> Plan:
+def allowed_plugin(module: str, allow: Sequence[str] = ()) -> bool:
+    """A config's plugin is imported only when it is the package's own (``asft.toy``) or the user named it
+    on the command line (``--allow-plugin`` / ``--plugin``): a config is data, an import runs code."""
+    return module.split(".")[0] == __name__.split(".")[0] or module in set(allow)
+
+
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # task names become folder names
+
+
+def load_plan(path: str | Path, out: str | Path, log: Callable[[str], None] = print,
+              allow_plugins: Sequence[str] = ()) -> Plan:
     """Read and check ``path``, have ``asft.experiments.prepare`` build what the runs need (toy world,
-    anchor, data mixes in ``out``, the judge) and expand the grid. Relative paths in the config are relative to the config file."""
+    anchor, data mixes in ``out``, the judge) and expand the grid. Relative paths in the config are
+    relative to the config file. ``allow_plugins``: the modules of the config's ``plugins:`` that may be
+    imported besides the package's own."""
     path = Path(path)
     raw = read_yaml(path)
     from asft.methods import all_methods, get_method, load_plugins
@@ -133,6 +145,10 @@ def load_plan(path: str | Path, out: str | Path, log: Callable[[str], None] = pr
     plugins = raw.get("plugins") or []
     if not isinstance(plugins, list) or not all(isinstance(m, str) for m in plugins):
         raise AsftError(f"{path}: plugins should be a list of module names")
+    refused = [m for m in plugins if not allowed_plugin(m, allow_plugins)]
+    if refused:
+        raise AsftError(f"{path}: plugin {refused[0]!r} is not imported: a config is data and an import runs code; "
+                        f"name it on the command line to allow it (--allow-plugin {refused[0]})")
     load_plugins(plugins, f"{path}: plugins")  # they may register methods, judges and suites
     keys = _keys()
     unknown = sorted(set(raw) - keys)
@@ -224,6 +240,9 @@ def load_plan(path: str | Path, out: str | Path, log: Callable[[str], None] = pr
         train["template"] = common["template"]
     jobs: list[Job] = []
     for task, spec in tasks.items():
+        if not isinstance(task, str) or not SAFE_NAME.fullmatch(task) or ".." in task:
+            raise AsftError(f"{path}: task name {task!r} should be letters, digits, '.', '-' and '_' "
+                            "(it names the task's folder under --out)")
         spec = spec if isinstance(spec, dict) else {"suite": spec}
         unknown = sorted(set(spec) - TASK_KEYS)
         if unknown:
@@ -234,6 +253,8 @@ def load_plan(path: str | Path, out: str | Path, log: Callable[[str], None] = pr
         for data, n, p in cells:
             setting = Setting(data=data, task_suite=suite, task_name=task, n=n, p=p, **common)
             parent = out / "runs" / task / f"n{n}-p{p:g}" if n is not None else out / "runs" / task / data.stem
+            if not parent.resolve().is_relative_to(out):  # every run folder stays under --out
+                raise AsftError(f"{path}: task {task!r} would write outside --out ({parent})")
             for method, lam, form in methods:  # a method that does not fine-tune: once per task
                 if not get_method(method).fine_tunes and method not in evaluated_once:
                     jobs.append(Job(RunSpec(method, lam, form), setting, out / "runs" / task))
@@ -258,7 +279,8 @@ def load_plan(path: str | Path, out: str | Path, log: Callable[[str], None] = pr
 
 
 def run_experiment(config: str | Path, out: str | Path, shard: str | None = None, workers: int | None = None,
-                   log: Callable[[str], None] = print, on_row=None, on_plan=None) -> dict:
+                   log: Callable[[str], None] = print, on_row=None, on_plan=None,
+                   allow_plugins: Sequence[str] = ()) -> dict:
     """Run (or resume) the runs of ``config`` that belong to ``shard`` ("I/N"), then, once every run
     of the experiment has finished (all shards), write the report into ``out``.
 
@@ -272,7 +294,7 @@ def run_experiment(config: str | Path, out: str | Path, shard: str | None = None
     t0 = time.perf_counter()
     out = Path(out)
     index, count = parse_shard(shard)
-    plan = load_plan(config, out, log=log)
+    plan = load_plan(config, out, log=log, allow_plugins=allow_plugins)
     if on_plan is not None:
         on_plan(plan)
     jobs = plan.shard(index, count)
