@@ -94,6 +94,26 @@ def test_malformed_index_and_missing_shard(tmp_path, sharded_pair):
         ModelFolder(d)
 
 
+def test_an_index_cannot_name_shards_outside_its_folder(tmp_path, sharded_pair):
+    """A folder's index that points a tensor at a file elsewhere (a shard of another model, a path that
+    climbs out) is refused by name, by every command that reads a model (they all go through here)."""
+    from asft.models.modeling import load_model
+
+    d = _copy(sharded_pair[0], tmp_path / "outside")
+    other = _copy(sharded_pair[0], tmp_path / "other")
+    index = d / "model.safetensors.index.json"
+    obj = json.loads(index.read_text())
+    first = sorted(set(obj["weight_map"].values()))[0]
+    for name, shard in list(obj["weight_map"].items()):
+        if shard == first:
+            obj["weight_map"][name] = f"../{other.name}/{first}"
+    index.write_text(json.dumps(obj))
+    (d / first).unlink()
+    for read in (ModelFolder, load_model):
+        with pytest.raises(AsftError, match=rf"names shard '\.\./other/{first}', which is not a file name inside"):
+            read(d)
+
+
 def test_index_listing_a_tensor_its_shard_lacks(tmp_path, sharded_pair):
     d = _copy(sharded_pair[0], tmp_path / "wrongmap")
     idx = json.loads((d / "model.safetensors.index.json").read_text())

@@ -122,6 +122,8 @@ class ModelFolder:
                 raise AsftError(f"{index}: malformed index (expected a non-empty \"weight_map\" of tensor name -> shard file)")
             shards = sorted(set(weight_map.values()))
             for s in shards:
+                if Path(s).name != s or s in (".", ".."):  # a shard is a file of this folder, nowhere else
+                    raise AsftError(f"{index}: names shard {s!r}, which is not a file name inside {self.path}")
                 if not (self.path / s).is_file():
                     raise AsftError(f"{index}: names shard {s!r}, which is missing from {self.path}")
             self._index = weight_map
