@@ -132,6 +132,20 @@ def test_a_config_cannot_import_code_or_write_outside_out(toy_world, tmp_path, m
     assert not marker.exists()  # --dry-run imported nothing it was not allowed to
 
 
+def test_a_run_key_covers_the_training_defaults(toy_world, tmp_path, monkeypatch):
+    """A changed TrainConfig default (a new release) is a new key: the run is redone, not reused with the
+    old setting; options that only change what is printed are not in it."""
+    import asft.experiments.runs as runs
+
+    setting = load_plan(_config(tmp_path, toy_world), tmp_path / "out", log=lambda m: None).jobs[1].setting
+    key, eval_key = setting._key(False), setting._key(True)
+    defaults = runs.train_defaults()
+    assert "anchor_batch" in defaults and "logging_steps" not in defaults and "progress" not in defaults
+    monkeypatch.setattr(runs, "train_defaults", lambda: {**defaults, "anchor_batch": defaults["anchor_batch"] + 1})
+    assert setting._key(False) != key
+    assert setting._key(True) == eval_key  # the aligned model's evaluation does not depend on training
+
+
 def test_output_files_keep_the_users_umask(tmp_path):
     from asft.fileio import write_json
 

@@ -104,7 +104,8 @@ class Setting:
             safety = self.train.get("safety_data")
             ident.update({"data": content_hash(Path(self.data)),
                           "anchor": content_hash(Path(self.anchor)) if self.anchor else None,
-                          "train": self.train, "safety": content_hash(Path(safety)) if safety else None,
+                          "train": {**train_defaults(), **self.train},
+                          "safety": content_hash(Path(safety)) if safety else None,
                           "options": self.options_key(),
                           "proj_rank": self.proj_rank})
         return content_hash(ident)
@@ -117,6 +118,19 @@ class Setting:
         from asft.methods import all_methods
 
         return {m.name: self.options(m) for m in all_methods() if m.options}
+
+
+# TrainConfig fields that name a run's own files or only change what is printed: not part of its key
+NOT_IN_KEY = ("model", "data", "out", "method", "lam", "form", "seed", "anchor", "safety_data", "progress",
+              "logging_steps", "save_steps", "resume", "overwrite")
+
+
+def train_defaults() -> dict:
+    """The TrainConfig defaults a run's result depends on: part of its key, so that a run made under
+    another default (another release of asft) is redone, not reused."""
+    from asft.training.config import TrainConfig
+
+    return {k: v for k, v in TrainConfig().to_dict().items() if k not in NOT_IN_KEY}
 
 
 def train_run(spec: RunSpec, setting: Setting, run_dir: Path, key: str | None = None) -> Path | None:
