@@ -151,6 +151,32 @@ def test_bad_inputs_give_clear_errors(world, tmp_path):
         train(_cfg(world, tmp_path / "done", method="sft"))
 
 
+@pytest.mark.parametrize("bad,message", [
+    ({"lr": float("nan")}, "lr must be a finite number > 0, got nan"),
+    ({"lr": -1.0}, "lr must be a finite number > 0, got -1.0"),
+    ({"lr": 0.0}, "lr must be a finite number > 0, got 0.0"),
+    ({"epochs": 0}, "epochs must be a finite number > 0, got 0"),
+    ({"epochs": -1}, "epochs must be a finite number > 0, got -1"),
+    ({"lr_gamma": float("nan")}, r"lr_gamma must be in \(0, 1\]"),
+    ({"lr_gamma": 1.5}, r"lr_gamma must be in \(0, 1\]"),
+    ({"weight_decay": -0.1}, "weight_decay must be a finite number >= 0"),
+    ({"lora_dropout": 1.0}, "lora_dropout must be < 1"),
+    ({"save_steps": -1}, "save_steps must be >= 0"),
+    ({"limit": 0}, "limit must be >= 1"),
+    ({"limit": -3}, "limit must be >= 1"),
+    ({"logging_steps": 0}, "logging_steps must be >= 1"),
+])
+def test_bad_numbers_are_refused_before_anything_is_written(world, tmp_path, bad, message):
+    """Before: --epochs 0 wrote an untrained adapter (loss nan), --limit -3 trained on N-3 records,
+    --lr nan failed in torch's AdamW after config, log and checkpoints/ were written. Now one line,
+    nothing written."""
+    out = tmp_path / "out"
+    with pytest.raises(AsftError, match=message):
+        train(_cfg(world, out, method="sft", **bad))
+    assert not out.exists()
+    train(_cfg(world, tmp_path / "ok", method="sft", epochs=0, max_steps=1))  # epochs do not count with max_steps
+
+
 def test_resume_without_checkpoints_is_refused(world, tmp_path):
     with pytest.raises(AsftError, match="no checkpoint to resume from"):
         train(_cfg(world, tmp_path / "nothing", method="sft", resume=True))

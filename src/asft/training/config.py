@@ -89,6 +89,26 @@ class TrainConfig:
         for key in ("lora_r", "batch_size", "grad_accum", "max_length", "anchor_batch"):
             if getattr(self, key) < 1:
                 raise AsftError(f"{key} must be >= 1, got {getattr(self, key)}")
+        # checked here, before any file is written or a model loaded (torch's AdamW would refuse some
+        # only after config, log and checkpoints exist; others would train silently on nothing)
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise AsftError(f"lr must be a finite number > 0, got {self.lr}")
+        if self.max_steps is None and not (math.isfinite(self.epochs) and self.epochs > 0):
+            raise AsftError(f"epochs must be a finite number > 0, got {self.epochs} (or give --max-steps)")
+        if not (math.isfinite(self.lr_gamma) and 0 < self.lr_gamma <= 1):
+            raise AsftError(f"lr_gamma must be in (0, 1] (1: a constant learning rate), got {self.lr_gamma}")
+        for key in ("weight_decay", "lora_dropout"):
+            v = getattr(self, key)
+            if not (math.isfinite(v) and v >= 0):
+                raise AsftError(f"{key} must be a finite number >= 0, got {v}")
+        if self.lora_dropout >= 1:
+            raise AsftError(f"lora_dropout must be < 1, got {self.lora_dropout}")
+        if self.save_steps < 0:
+            raise AsftError(f"save_steps must be >= 0 (0: no checkpoints), got {self.save_steps}")
+        if self.limit is not None and self.limit < 1:
+            raise AsftError(f"limit must be >= 1 (the first N records), got {self.limit}")
+        if self.logging_steps < 1:
+            raise AsftError(f"logging_steps must be >= 1, got {self.logging_steps}")
 
     @property
     def penalty_form(self) -> str | None:
