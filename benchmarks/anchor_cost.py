@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -80,8 +81,7 @@ def main() -> None:
     ap.add_argument("--out", help="JSON output (default benchmarks/results/anchor_cost_<model>.json)")
     args = ap.parse_args()
     apply_threads(args.threads)
-    work = HERE / "results" / ".anchor_cost"
-    work.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="anchor_cost_"))  # the toy world's safety file, made each time
     toy = args.model is None
     if toy:
         from asft.toy import get_world
