@@ -10,6 +10,7 @@ from torch import nn
 
 from _eval_tiny import byte_tokenizer
 from _models import make_llama_pair
+from _runs import crashed_copy
 from asft.data import prompt_overlap
 from asft.errors import AsftError
 from asft.methods.anchors import (DataAnchorPenalty, draw_safety, encode_batches, module_statistics, normalised,
@@ -357,18 +358,11 @@ def test_per_step_anchor_counts_once_per_update_under_accumulation(world, tmp_pa
 
 @pytest.mark.parametrize("method", ["hidden-anchor", "nullspace"])
 def test_anchor_runs_resume_exactly(world, tmp_path, method):
-    import shutil
-
     from safetensors.torch import load_file
 
     full = tmp_path / "full"
     train(_cfg(world, full, method=method, lam=2.0, epochs=2, save_steps=2))
-    crashed = tmp_path / "crashed"
-    shutil.copytree(full, crashed)
-    for name in ("checkpoint-6", "checkpoint-8"):
-        shutil.rmtree(crashed / "checkpoints" / name)
-    for name in ("adapter_model.safetensors", "adapter_config.json"):
-        (crashed / name).unlink()
+    crashed = crashed_copy(full, tmp_path / "crashed")
     train(_cfg(world, crashed, method=method, lam=2.0, epochs=2, save_steps=2, resume=True))
     a, b = load_file(str(full / "adapter_model.safetensors")), load_file(str(crashed / "adapter_model.safetensors"))
     for k in a:

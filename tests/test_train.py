@@ -10,6 +10,7 @@ import yaml
 
 from _eval_tiny import byte_tokenizer
 from _models import make_llama_pair
+from _runs import crashed_copy
 from asft.models.anchor import build_anchor
 from asft.errors import AsftError
 from asft.training.merge import merge
@@ -237,14 +238,7 @@ def test_resume_after_interruption_matches_uninterrupted_run(world, tmp_path):
     ckpts = sorted(p.name for p in (full / "checkpoints").iterdir())
     assert ckpts == ["checkpoint-2", "checkpoint-4", "checkpoint-6", "checkpoint-8"]
     # Simulate a crash after step 5: later checkpoints and the final adapter never got written.
-    import shutil
-
-    crashed = tmp_path / "crashed"
-    shutil.copytree(full, crashed)
-    for name in ("checkpoint-6", "checkpoint-8"):
-        shutil.rmtree(crashed / "checkpoints" / name)
-    for name in ("adapter_model.safetensors", "adapter_config.json"):
-        (crashed / name).unlink()
+    crashed = crashed_copy(full, tmp_path / "crashed")
     res = train(_cfg(world, crashed, method="asft", lam=5.0, epochs=2, lora_dropout=0.0, save_steps=2,
                      resume=True))
     assert res.steps == 8

@@ -23,13 +23,13 @@ class ActAnchor(Method):
     fisher = False     # fisher-anchor: also the output-gradient factor S_g
 
     def build_hook(self, cfg, model, tokenizer, args, batches_per_epoch: int):
-        from asft.methods.anchors import DataAnchorPenalty, StatisticsHook, draw_safety, safety_statistics
+        from asft.methods.anchors import DataAnchorPenalty, PenaltyHook, draw_safety, safety_statistics
         from asft.methods.regularizer import lora_pairs
 
         records = draw_safety(cfg, self.default_safety_n)
         stats = safety_statistics(model, tokenizer, cfg, records, outputs=self.fisher)
         penalty = DataAnchorPenalty(lora_pairs(model), stats, lam=cfg.lam, scale_by_lora=cfg.scale_by_lora)
-        return StatisticsHook(penalty, {"safety_records": len(records)})
+        return PenaltyHook(penalty, {"safety_records": len(records)})
 
     def describe_penalty(self, cfg: dict) -> str:
         return f"λ = {cfg.get('lam')}, S from the inputs on {cfg.get('safety_data')}"

@@ -19,6 +19,7 @@ records, template, length, modules), and read back instead of recomputed when th
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import Any
@@ -89,11 +90,17 @@ def lora_modules(model: nn.Module) -> dict[str, nn.Module]:
             if isinstance(getattr(m, "lora_A", None), nn.ModuleDict) and hasattr(m, "base_layer")}
 
 
-def _aligned(model: nn.Module):
-    """A context in which ``model`` (PEFT) is the aligned model: its adapter disabled."""
-    import contextlib
-
-    return model.disable_adapter() if hasattr(model, "disable_adapter") else contextlib.nullcontext()
+@contextlib.contextmanager
+def aligned_eval(model: nn.Module):
+    """``model`` (PEFT) as the aligned model in evaluation mode: its adapter disabled, no dropout; the
+    training mode it had is restored on leaving."""
+    was_training = model.training
+    model.eval()
+    try:
+        with model.disable_adapter() if hasattr(model, "disable_adapter") else contextlib.nullcontext():
+            yield model
+    finally:
+        model.train(was_training)
 
 
 def module_statistics(model: nn.Module, batches: list[dict], outputs: bool = False) -> dict[str, dict]:
@@ -133,11 +140,9 @@ def module_statistics(model: nn.Module, batches: list[dict], outputs: bool = Fal
 
     if outputs:
         handles.append(model.get_input_embeddings().register_forward_hook(start_graph))
-    was_training = model.training
-    model.eval()
     device = next(model.parameters()).device
     try:
-        with _aligned(model):
+        with aligned_eval(model):
             for batch in batches:
                 batch = {k: v.to(device) for k, v in batch.items()}
                 mask_now[:] = [batch["attention_mask"]]
@@ -153,7 +158,6 @@ def module_statistics(model: nn.Module, batches: list[dict], outputs: bool = Fal
     finally:
         for h in handles:
             h.remove()
-        model.train(was_training)
     for name, s in stats.items():
         if s["in"] is None or s["n"] == 0:
             raise AsftError(f"LoRA module {name} saw no input on the safety data")
@@ -270,8 +274,8 @@ class DataAnchorPenalty(nn.Module):
         return self.lam * total
 
 
-class StatisticsHook:
-    """The trainer hook of a data anchor whose term is a ``DataAnchorPenalty``."""
+class PenaltyHook:
+    """The trainer hook of a data anchor: its training-time term (``penalty``) and what it reports."""
 
     def __init__(self, penalty: DataAnchorPenalty, summary: dict):
         self.penalty = penalty
@@ -290,18 +294,13 @@ def rotation(step: int, batch: int, total: int) -> list[int]:
     return [(step * batch + j) % total for j in range(min(batch, total))]
 
 
-def causal_lm(model: nn.Module) -> nn.Module:
-    """The causal LM inside a PEFT (and DDP) wrapper: the LoRA layers are in it, so running it runs them."""
-    while hasattr(model, "module"):
-        model = model.module
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
-
-
 def decoder_hidden(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                    layers: list[int]) -> list[torch.Tensor]:
     """Hidden states (B, T, d) of the decoder body at ``layers`` (indices into the model's
     ``hidden_states``: 0 the embeddings, -1 the last, normalised output), without the output layer: a
     49k-word (SmolLM2) or 262k-word (Gemma 3) vocabulary at every position would cost more than the body."""
+    from asft.models.modeling import causal_lm
+
     lm = causal_lm(model)
     body = lm.get_decoder() if hasattr(lm, "get_decoder") else lm.model
     out = body(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True, use_cache=False)

@@ -39,42 +39,41 @@ class HiddenAnchorPenalty:
         self.model, self.prompts, self.refs = model, prompts, refs  # refs (K, L, d) float32
         self.layers, self.lam, self.batch = layers, float(lam), batch
 
-    def __call__(self, step: int):
+    def _states(self, idx, device, trim: bool = True):
+        """(b, L, d) float32 hidden states at the last token of prompts ``idx``, the batch cut to its longest
+        prompt when ``trim`` (the references keep the full padded width they were first computed at)."""
         import torch
 
-        from asft.methods.anchors import decoder_hidden, rotation
+        from asft.methods.anchors import decoder_hidden
 
-        idx = torch.tensor(rotation(step, self.batch, len(self.refs)))
         mask = self.prompts["attention_mask"][idx]
-        T = int(mask.sum(1).max())
-        device = self.refs.device
+        T = int(mask.sum(1).max()) if trim else mask.shape[1]
         hs = decoder_hidden(self.model, self.prompts["input_ids"][idx, :T].to(device), mask[:, :T].to(device),
                             self.layers)
         last = self.prompts["last"][idx].to(device)
-        rows = torch.arange(len(idx), device=device)
-        h = torch.stack([x[rows, last] for x in hs], 1).float()          # (b, L, d)
-        return self.lam * (h - self.refs[idx.to(device)]).pow(2).sum(-1).mean()
+        rows = torch.arange(len(last), device=device)
+        return torch.stack([x[rows, last] for x in hs], 1).float()
+
+    def __call__(self, step: int):
+        import torch
+
+        from asft.methods.anchors import rotation
+
+        idx = torch.tensor(rotation(step, self.batch, len(self.refs)))
+        h = self._states(idx, self.refs.device)          # (b, L, d)
+        return self.lam * (h - self.refs[idx.to(self.refs.device)]).pow(2).sum(-1).mean()
 
     def references(self):
         """(K, L, d) hidden states of the aligned model (adapter disabled) at every prompt's last token."""
         import torch
 
-        from asft.methods.anchors import _aligned, decoder_hidden
+        from asft.methods.anchors import aligned_eval
 
         device = next(self.model.parameters()).device
-        was = self.model.training
-        self.model.eval()
-        out = []
-        with torch.no_grad(), _aligned(self.model):
-            for s in range(0, len(self.prompts["last"]), 16):
-                sl = slice(s, s + 16)
-                hs = decoder_hidden(self.model, self.prompts["input_ids"][sl].to(device),
-                                    self.prompts["attention_mask"][sl].to(device), self.layers)
-                last = self.prompts["last"][sl].to(device)
-                rows = torch.arange(len(last), device=device)
-                out.append(torch.stack([x[rows, last] for x in hs], 1).float())
-        self.model.train(was)
-        return torch.cat(out)
+        K = len(self.prompts["last"])
+        with torch.no_grad(), aligned_eval(self.model):
+            return torch.cat([self._states(torch.arange(s, min(s + 16, K)), device, trim=False)
+                              for s in range(0, K, 16)])
 
 
 class HiddenAnchor(Method):
@@ -93,13 +92,13 @@ class HiddenAnchor(Method):
         parse_layers(cfg.anchor_layers)
 
     def build_hook(self, cfg, model, tokenizer, args, batches_per_epoch: int):
-        from asft.methods.anchors import StatisticsHook, draw_safety, encode_prompts
+        from asft.methods.anchors import PenaltyHook, draw_safety, encode_prompts
 
         records = draw_safety(cfg, self.default_safety_n)
         prompts = encode_prompts(records, tokenizer, cfg.template, cfg.max_length)
         pen = HiddenAnchorPenalty(model, prompts, None, parse_layers(cfg.anchor_layers), cfg.lam, cfg.anchor_batch)
         pen.refs = pen.references()
-        return StatisticsHook(pen, {"safety_records": len(records)})
+        return PenaltyHook(pen, {"safety_records": len(records)})
 
     def describe_penalty(self, cfg: dict) -> str:
         return (f"λ = {cfg.get('lam')}, hidden states {cfg.get('anchor_layers')} on the prompts of "

@@ -43,17 +43,13 @@ class KlAnchorPenalty:
     def references(self, device):
         import torch
 
-        from asft.methods.anchors import _aligned
+        from asft.methods.anchors import aligned_eval
 
-        was = self.model.training
-        self.model.eval()
         refs = []
-        with torch.no_grad(), _aligned(self.model):
+        with torch.no_grad(), aligned_eval(self.model):
             for s in range(0, len(self.examples), 8):
-                idx = list(range(s, min(s + 8, len(self.examples))))
-                lp, counts = self._logprobs(idx, device)
+                lp, counts = self._logprobs(list(range(s, min(s + 8, len(self.examples)))), device)
                 refs += list(torch.split(lp, counts))
-        self.model.train(was)
         self.refs = refs
 
     def __call__(self, step: int):
@@ -81,13 +77,13 @@ class KlAnchor(Method):
 
     def build_hook(self, cfg, model, tokenizer, args, batches_per_epoch: int):
         from asft.batches import SupervisedDataset
-        from asft.methods.anchors import StatisticsHook, draw_safety
+        from asft.methods.anchors import PenaltyHook, draw_safety
 
         records = draw_safety(cfg, self.default_safety_n)
         ds = SupervisedDataset(records, tokenizer, cfg.template, cfg.max_length)
         pen = KlAnchorPenalty(model, [ds[i] for i in range(len(ds))], cfg.lam, cfg.anchor_batch)
         pen.references(next(model.parameters()).device)
-        return StatisticsHook(pen, {"safety_records": len(records)})
+        return PenaltyHook(pen, {"safety_records": len(records)})
 
     def describe_penalty(self, cfg: dict) -> str:
         return f"λ = {cfg.get('lam')}, KL to the aligned model on the responses of {cfg.get('safety_data')}"

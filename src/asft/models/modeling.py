@@ -119,6 +119,13 @@ def save_adapter(model: torch.nn.Module, out: Path) -> None:
     tmp.rmdir()
 
 
+def causal_lm(model: torch.nn.Module) -> torch.nn.Module:
+    """The causal LM inside DDP and PEFT wrappers (its LoRA layers are in it: running it runs them)."""
+    while hasattr(model, "module"):
+        model = model.module
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
 def accepts_logits_to_keep(model) -> bool:
     """Whether the causal LM under ``model`` (PEFT / DDP wrappers removed) slices its hidden states by
     a boolean (batch, length) ``logits_to_keep`` before the output layer (transformers >= 5)."""
@@ -128,8 +135,4 @@ def accepts_logits_to_keep(model) -> bool:
         return False
     import inspect
 
-    while hasattr(model, "module"):
-        model = model.module
-    if hasattr(model, "get_base_model"):
-        model = model.get_base_model()
-    return "logits_to_keep" in inspect.signature(model.forward).parameters
+    return "logits_to_keep" in inspect.signature(causal_lm(model).forward).parameters
