@@ -10,8 +10,8 @@ averaged). SBR's ``F.mse_loss`` is this divided by the hidden size d (a mean ove
 Cost: SBR runs the whole model (output layer included) on all its prompts at every micro-batch. Here
 the decoder body alone runs (no output layer), once per optimiser update, on ``--anchor-batch``
 (default 2) prompts of the K = ``--safety-n`` (default 32) drawn, rotating so that each is used every
-K / batch updates: the same objective in expectation over the updates, at 1.17x a plain LoRA step on
-SmolLM2-135M (batch 8 of SST-2; 1.35x at 4 prompts, 1.77x at 8; ``benchmarks/anchor_cost.py``).
+K / batch updates: the same objective in expectation over the updates, at 1.23x a plain LoRA step on
+SmolLM2-135M (batch 8 of SST-2; 1.77x at 8 prompts; ``benchmarks/results/anchor_cost_*.json``).
 """
 
 from __future__ import annotations
