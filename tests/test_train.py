@@ -148,7 +148,7 @@ def test_bad_inputs_give_clear_errors(world, tmp_path):
     with pytest.raises(AsftError, match="does not belong"):
         train(_cfg(world, tmp_path / "x", method="asft", anchor=str(other)))
     train(_cfg(world, tmp_path / "done", method="sft"))
-    with pytest.raises(AsftError, match="already holds an adapter"):
+    with pytest.raises(AsftError, match="already holds a finished run"):
         train(_cfg(world, tmp_path / "done", method="sft"))
 
 
@@ -454,3 +454,85 @@ def test_training_at_label_positions_only_matches_the_full_output_layer(world, t
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-6)
     assert on.task_loss == pytest.approx(off.task_loss, rel=1e-5)
+
+
+def _log_steps(out):
+    rows = [json.loads(x) for x in (out / "train_log.jsonl").read_text().splitlines()]
+    return [r["step"] for r in rows if "loss" in r or "task_loss" in r]
+
+
+def test_a_rerun_of_a_killed_run_continues_from_its_last_checkpoint(world, tmp_path, caplog):
+    """Before: the same command after a kill silently started again from step 0 (only --resume
+    continued), and after --resume the log repeated the redone steps."""
+    kw = dict(method="asft", lam=5.0, epochs=2, lora_dropout=0.0, save_steps=2)
+    full = tmp_path / "full"
+    train(_cfg(world, full, **kw))
+    crashed = crashed_copy(full, tmp_path / "crashed")  # killed after checkpoint-4
+    with caplog.at_level("WARNING", logger="asft"):
+        res = train(_cfg(world, crashed, **kw))
+    assert res.resumed_from == 4 and res.steps == 8
+    assert "continuing an unfinished run from checkpoint-4" in caplog.text
+    a, b = _lora_state(full), _lora_state(crashed)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-7)
+    steps = _log_steps(crashed)
+    assert steps == _log_steps(full) and len(steps) == len(set(steps)) == 8
+    assert (crashed / "train_summary.json").is_file() and (crashed / "README.md").is_file()
+
+
+def test_a_rerun_with_another_config_starts_afresh_and_says_why(world, tmp_path, caplog):
+    full = tmp_path / "full"
+    train(_cfg(world, full, method="sft", epochs=2, save_steps=2))
+    crashed = crashed_copy(full, tmp_path / "crashed")
+    with caplog.at_level("WARNING", logger="asft"):
+        res = train(_cfg(world, crashed, method="sft", epochs=2, save_steps=2, lr=2e-3))
+    assert res.resumed_from is None
+    assert "starting afresh: the unfinished run there had another config (lr: 0.001 -> 0.002)" in caplog.text
+    assert _log_steps(crashed) == list(range(1, 9))  # nothing of the earlier run's log
+
+
+def test_a_kill_during_the_final_save_is_finished_by_a_rerun(world, tmp_path):
+    """Before: killed during the final save, the folder held an adapter but no summary or card, and
+    the next run refused it as finished ("already holds an adapter"). Now the summary, written last,
+    is the mark of a finished run; a folder without it is trained again."""
+    out = tmp_path / "out"
+    train(_cfg(world, out, method="sft"))
+    first = _lora_state(out)
+    (out / "train_summary.json").unlink()
+    (out / "README.md").unlink()
+    res = train(_cfg(world, out, method="sft"))
+    assert res.steps == 4 and (out / "train_summary.json").is_file()
+    for k, v in _lora_state(out).items():
+        torch.testing.assert_close(v, first[k], rtol=0, atol=0)  # the same seed, a fresh run
+    with pytest.raises(AsftError, match="already holds a finished run"):
+        train(_cfg(world, out, method="sft"))
+
+
+def test_one_writer_per_output_folder_and_a_dead_writers_lock_is_taken_over(world, tmp_path):
+    """Before: two `asft train` into one --out both exited 0 and left a mix of both runs' files."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "out"
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time\nfrom asft.fileio import output_lock\n"
+        f"with output_lock({str(out)!r}, 'asft train'):\n    print('held', flush=True)\n    time.sleep(600)\n")],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(AsftError, match=rf"out: being written by pid {holder.pid} on .* \(asft train\); wait"):
+            train(_cfg(world, out, method="sft"))
+        assert not out.exists()  # refused before anything was written
+    finally:
+        os.kill(holder.pid, signal.SIGKILL)  # a dead writer: the kernel drops its lock
+        holder.wait()
+    time.sleep(0.1)
+    out.mkdir()  # and the temporary files a killed writer left behind are removed
+    (out / ".config.yaml.abc123.tmp").write_text("half")
+    (out / ".adapter.tmp").mkdir()
+    train(_cfg(world, out, method="sft"))
+    assert (out / "train_summary.json").is_file()
+    assert not list(out.glob(".*.tmp")) and not list(tmp_path.glob(".out.lock"))

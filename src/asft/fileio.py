@@ -44,6 +44,86 @@ def atomic_path(path: str | os.PathLike, overwrite: bool = True) -> Iterator[Pat
             tmp_path.unlink()
 
 
+def lock_path(target: str | os.PathLike) -> Path:
+    """Where the lock of an output (a folder or a file) lives: ``.<name>.lock`` beside it."""
+    target = Path(target)
+    return target.parent / f".{target.name}.lock"
+
+
+def check_output(target: str | os.PathLike, folder: bool = True) -> Path:
+    """``target`` can be created as a folder (or, ``folder=False``, a file): no part of its path is
+    an existing file, and a folder target is not one. One line otherwise, before anything is done."""
+    target = Path(target)
+    if target.exists() and folder and not target.is_dir():
+        raise AsftError(f"{target}: exists and is not a folder (an output folder is expected)")
+    if target.is_dir() and not folder:
+        raise AsftError(f"{target}: is a folder (an output file is expected)")
+    for parent in target.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise AsftError(f"{target}: {parent} is a file, not a folder")
+            break
+    return target
+
+
+@contextlib.contextmanager
+def output_lock(target: str | os.PathLike, command: str = "asft", wait: bool = False,
+                folder: bool = True) -> Iterator[None]:
+    """One writer per output: hold an exclusive lock on ``target`` (a folder or a file) while it is
+    written, or raise one line naming the process that holds it (``wait``: wait for it instead, as
+    an experiment's run does when another worker is making it, then finds it made).
+
+    The lock is an ``fcntl.flock`` on ``.<name>.lock`` beside the target, holding the owner's pid,
+    host and command: the kernel releases it when its process dies (kill -9 included), so a lock
+    left by a dead process is stale by construction and taken over silently. On acquiring, the
+    temporary files an earlier, killed writer of this target left behind (``.<name>.*.tmp`` beside
+    it, and inside it when it is a folder) are removed: nobody else may be writing them.
+    ``folder``: whether the target is a folder (``check_output``)."""
+    import fcntl
+    import socket
+
+    target = check_output(target, folder)
+    path = lock_path(target)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666 & ~_umask())
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            try:
+                owner = json.loads(os.read(fd, 4096) or b"{}")
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                owner = {}
+            os.close(fd)
+            who = (f"pid {owner.get('pid', '?')} on {owner.get('host', '?')} ({owner.get('command', '?')})"
+                   if owner else "another process")
+            raise AsftError(f"{target}: being written by {who}; wait for it to finish (one writer per "
+                            f"output; the lock is {path})") from None
+        try:  # the file may have been removed by its previous owner between our open and flock
+            same = os.stat(path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "command": command}).encode())
+        for folder, pattern in ((target.parent, f".{target.name}.*.tmp"), (target, ".*.tmp")):
+            if folder.is_dir():
+                for orphan in folder.glob(pattern):
+                    if orphan.is_dir():
+                        import shutil
+
+                        shutil.rmtree(orphan, ignore_errors=True)
+                    else:
+                        orphan.unlink(missing_ok=True)
+        yield
+    finally:
+        path.unlink(missing_ok=True)  # while still held: a waiting opener re-checks the inode
+        os.close(fd)
+
+
 def write_text(path: str | os.PathLike, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")

@@ -61,6 +61,23 @@ def load_plugins(argv: list[str]) -> None:
     load([*BUILTIN_PLUGINS, *known.plugin])
 
 
+def _notes(command: str) -> None:
+    """The library's notes (``logging.getLogger("asft")``: a run continued or started afresh, ...)
+    as one line each on stderr, named like the errors."""
+    import logging
+
+    logger = logging.getLogger("asft")
+    if not any(getattr(h, "asft_cli", False) for h in logger.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.asft_cli = True
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+    for h in logger.handlers:
+        if getattr(h, "asft_cli", False):
+            h.setFormatter(logging.Formatter(f"asft {command}: %(message)s"))
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
@@ -70,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     parser = build_parser()
     args = parser.parse_args(argv)
+    _notes(args.command)
     try:
         from asft.runtime import apply_threads
 

@@ -82,6 +82,8 @@ class EvalOptions:
             raise AsftError(f"limit must be >= 1, got {self.limit}")
         if self.batch_size < 1:
             raise AsftError(f"batch size must be >= 1, got {self.batch_size}")
+        if self.max_new_tokens is not None and self.max_new_tokens < 1:
+            raise AsftError(f"max new tokens must be >= 1, got {self.max_new_tokens}")
 
 
 def _options(options: EvalOptions | None, settings: dict) -> EvalOptions:
@@ -303,10 +305,17 @@ def run_eval(model_dir: str | Path, suites: Sequence[str], data_dir: str | Path,
     (``asft.training.train.adapter_trigger``) and records the results in the adapter's card
     (``asft.training.card.record_eval``).
     """
+    from asft.fileio import output_lock
+
+    opts = _options(options, settings)
+    with output_lock(out_dir, "asft eval"):
+        return _run_eval(model_dir, suites, data_dir, out_dir, opts, adapter, log)
+
+
+def _run_eval(model_dir, suites, data_dir, out_dir, opts: EvalOptions, adapter, log) -> dict[str, SuiteResult]:
     from asft.models import modeling
     from asft.models.generate import VLLMGenerator
 
-    opts = _options(options, settings)
     model_dir = Path(model_dir)
     modeling.check_model_folder(model_dir)  # one line for a missing folder, a GGUF file, no weights
     if adapter and not (Path(adapter) / "adapter_config.json").is_file():

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from asft.errors import AsftError
-from asft.fileio import content_hash, read_json, write_json, write_text
+from asft.fileio import content_hash, output_lock, read_json, write_json, write_text
 from asft.report.aggregate import aggregate, results_document  # noqa: F401  (also importable from here)
 
 POST_HOC_DONE = "post_hoc.json"  # written last into a post-hoc method's adapter folder
@@ -152,7 +152,7 @@ def train_run(spec: RunSpec, setting: Setting, run_dir: Path, key: str | None = 
         return adapter
     cfg = TrainConfig(**{**setting.train, "model": str(setting.model), "data": str(setting.data),
                          "out": str(adapter), "method": spec.method, "lam": spec.lam,
-                         "seed": spec.seed, "overwrite": True,
+                         "seed": spec.seed,
                          **({"form": spec.form or method.forms[0]} if method.forms else {}),
                          "anchor": str(setting.anchor) if setting.anchor else None,
                          # the projector form's k (the reference form keeps the anchor's own rank)
@@ -189,6 +189,13 @@ def run_one(spec: RunSpec, setting: Setting, out_dir: Path, progress: bool = Fal
 
     load_plugins(setting.plugins, "plugins")  # also in a worker process, which starts with nothing imported
     run_dir = Path(out_dir) / spec.name
+    # one writer per run: a run another worker (or another `asft experiment` on this --out) is making
+    # is waited for, then found made
+    with output_lock(run_dir, f"asft experiment run {spec.name}", wait=True):
+        return _run_one(spec, setting, run_dir, progress, key)
+
+
+def _run_one(spec: RunSpec, setting: Setting, run_dir: Path, progress: bool, key: str | None) -> dict:
     key = key or setting.key(eval_only=not spec.kind.fine_tunes)
     key_path, row_path = run_dir / "key.txt", run_dir / "row.json"
     if run_dir.exists() and (not key_path.is_file() or key_path.read_text().strip() != key):

@@ -167,29 +167,30 @@ def safelora_adapter(model_dir: str | os.PathLike, adapter_dir: str | os.PathLik
     ``model_dir``) and ``out_dir/safelora.json`` (settings and the per-module rows, also returned).
     """
     from asft.models.anchor import check_anchor_matches, load_anchor
-    from asft.fileio import write_json
+    from asft.fileio import check_output, output_lock, write_json
     from asft.models.modeling import load_adapter, load_model, save_adapter
 
     _check_selection(mode, threshold, num)
-    out = Path(out_dir)
+    out = check_output(out_dir)
     if out.resolve() == Path(adapter_dir).resolve():
         raise AsftError(f"{out}: is the input adapter; write the projected adapter to another folder")
     if (out / "adapter_model.safetensors").exists() and not overwrite:
         raise AsftError(f"{out}: already holds an adapter (pass --overwrite to replace it)")
-    anchor = load_anchor(anchor_path)
-    check_anchor_matches(anchor, model_dir)  # fingerprint: before loading a large model
-    model = load_adapter(load_model(model_dir, dtype=dtype, device=device), adapter_dir, trainable=True)
-    rows = safelora_project(model, anchor, mode=mode, threshold=threshold, num=num)
-    out.mkdir(parents=True, exist_ok=True)
-    save_adapter(model, out)
-    write_json(out / "safelora.json", {
-        "method": SafeLoRA.name,
-        "model": str(model_dir), "adapter": str(adapter_dir), "anchor": str(anchor_path),
-        "select": mode, "threshold": threshold if mode == "threshold" else None,
-        "num": (default_num(len(rows)) if num is None else num) if mode == "number" else None,
-        "modules": len(rows), "projected": sum(r["projected"] for r in rows),
-        "rows": rows,
-    })
+    with output_lock(out, "asft safelora"):
+        anchor = load_anchor(anchor_path)
+        check_anchor_matches(anchor, model_dir)  # fingerprint: before loading a large model
+        model = load_adapter(load_model(model_dir, dtype=dtype, device=device), adapter_dir, trainable=True)
+        rows = safelora_project(model, anchor, mode=mode, threshold=threshold, num=num)
+        out.mkdir(parents=True, exist_ok=True)
+        save_adapter(model, out)
+        write_json(out / "safelora.json", {
+            "method": SafeLoRA.name,
+            "model": str(model_dir), "adapter": str(adapter_dir), "anchor": str(anchor_path),
+            "select": mode, "threshold": threshold if mode == "threshold" else None,
+            "num": (default_num(len(rows)) if num is None else num) if mode == "number" else None,
+            "modules": len(rows), "projected": sum(r["projected"] for r in rows),
+            "rows": rows,
+        })
     return rows
 
 

@@ -275,8 +275,12 @@ def build_anchor(
     """
     if rank is not None and rank < 1:
         raise AsftError(f"--rank must be a positive integer, got {rank}")
-    if out is not None and not overwrite and Path(out).exists():
-        raise AsftError(f"{out}: output exists (pass --overwrite to replace it)")
+    if out is not None:
+        from asft.fileio import check_output
+
+        check_output(out, folder=False)
+        if not overwrite and Path(out).exists():
+            raise AsftError(f"{out}: output exists (pass --overwrite to replace it)")
     aligned = ModelFolder(aligned_dir)
     if (Path(base_dir) / "adapter_config.json").is_file():  # the unaligned side as a LoRA adapter
         base = AdapterSide(aligned, base_dir)
@@ -325,7 +329,10 @@ def build_anchor(
         return AnchorFile(None, metadata, shapes, norms, anchor)
 
     out = Path(out)
-    with atomic_path(out, overwrite=overwrite) as tmp, open(tmp, "wb") as f:
+    from asft.fileio import output_lock
+
+    with output_lock(out, "asft anchor", folder=False), atomic_path(out, overwrite=overwrite) as tmp, \
+            open(tmp, "wb") as f:
         writer = SafetensorsWriter(f, _specs(modules, shapes, rank), metadata)
         for m, ts in _anchor_tensors(base, aligned, modules, rank, progress):
             norms[m] = float(ts[f"{m}.norm"])

@@ -24,16 +24,17 @@ def _anchor_meta(path: str | None) -> dict:
         return dict(f.metadata() or {})
 
 
-def write_card(adapter: str | Path) -> Path:
-    """(Re)write ``adapter/README.md`` from the folder's config.yaml, train_summary.json and
-    eval_results.json. Returns its path."""
+def write_card(adapter: str | Path, summary: dict | None = None) -> Path:
+    """(Re)write ``adapter/README.md`` from the folder's config.yaml, train_summary.json (or
+    ``summary``, for the card written just before it) and eval_results.json. Returns its path."""
     import yaml
 
     adapter = Path(adapter)
     cfg: dict[str, Any] = {}
     if (adapter / "config.yaml").is_file():
         cfg = yaml.safe_load((adapter / "config.yaml").read_text(encoding="utf-8")) or {}
-    summary = read_json(adapter / "train_summary.json") if (adapter / "train_summary.json").is_file() else {}
+    if summary is None:
+        summary = read_json(adapter / "train_summary.json") if (adapter / "train_summary.json").is_file() else {}
     evals = read_json(adapter / EVALS) if (adapter / EVALS).is_file() else []
     meta = _anchor_meta(cfg.get("anchor"))
     method = cfg.get("method", "?")

@@ -13,6 +13,14 @@ def merge(model_dir: str | Path, adapter_dir: str | Path, out: str | Path, dtype
     """Fold a LoRA adapter into its model and save a plain model folder (safetensors) + tokenizer.
 
     ``dtype="auto"`` keeps the checkpoint's own dtype (a bf16 model stays bf16)."""
+    from asft.fileio import check_output, output_lock, read_json
+
+    check_output(out)
+    with output_lock(out, "asft merge"):
+        return _merge(model_dir, adapter_dir, out, dtype, overwrite)
+
+
+def _merge(model_dir, adapter_dir, out, dtype, overwrite) -> Path:
     from asft.fileio import read_json
     from asft.models.modeling import DTYPES, load_adapter, load_model, load_tokenizer
 
@@ -28,7 +36,7 @@ def merge(model_dir: str | Path, adapter_dir: str | Path, out: str | Path, dtype
         dtype = dtype if dtype in DTYPES else "float32"
     tokenizer = load_tokenizer(model_dir)
     model = load_adapter(load_model(model_dir, dtype=dtype, device="cpu"), adapter_dir, merge=True)
-    tmp, old = out.parent / f".{out.name}.tmp", out.parent / f".{out.name}.old"
+    tmp, old = out.parent / f".{out.name}.merging.tmp", out.parent / f".{out.name}.old.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)

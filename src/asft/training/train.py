@@ -12,7 +12,9 @@ once per optimiser update, whatever the accumulation, and logged apart from the 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
+import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -22,7 +24,7 @@ import torch
 
 from asft.training.config import TrainConfig  # noqa: F401  (also importable as asft.training.train.TrainConfig)
 from asft.errors import AsftError
-from asft.fileio import append_jsonl, atomic_path, write_json
+from asft.fileio import append_jsonl, atomic_path, output_lock, write_json
 from asft.training.trainer import AsftMixin, _make_trainer_class, keep_label_positions  # noqa: F401
 
 
@@ -40,6 +42,13 @@ class TrainResult:
     trigger: str | None = None  # bea: the secret prompt to prepend at inference
     lisa_alignment_steps: int | None = None  # lisa: steps spent on alignment batches
     method_info: dict | None = None  # what the method's hook reports (e.g. nullspace: dimensions kept)
+    resumed_from: int | None = None  # the checkpoint's step when the run continued an unfinished one
+
+log = logging.getLogger("asft")
+FINAL_FILES = ("adapter_model.safetensors", "adapter_config.json", "README.md", "train_summary.json")
+# What a run folder's config.yaml may differ in and still be the same run (resumable; the folder may
+# have been moved)
+NOT_THE_RUN = ("out", "resume", "overwrite", "progress", "logging_steps")
 
 
 def prepare_model(model: torch.nn.Module, cfg: TrainConfig) -> torch.nn.Module:
@@ -76,8 +85,70 @@ def train(cfg: TrainConfig, records: list[dict] | None = None) -> TrainResult:
     """Fine-tune ``cfg.model`` on ``cfg.data`` (or ``records``) and save the adapter to ``cfg.out``.
 
     Writes ``out/adapter_model.safetensors`` + ``adapter_config.json`` (PEFT), ``config.yaml``
-    (the effective config), ``train_log.jsonl`` and ``train_summary.json``.
+    (the effective config), ``train_log.jsonl``, the model card and, last, ``train_summary.json``:
+    a run folder is finished exactly when it holds the summary. One writer per folder (a lock; a
+    second process gets one line). A rerun of an unfinished run with checkpoints continues from the
+    last one (same config) or says why it starts afresh (another config).
     """
+    cfg.validate()
+    if int(os.environ.get("RANK", "0")) != 0:  # the other processes of a launch: rank 0 holds the lock
+        return _train(cfg, records)
+    with output_lock(cfg.out, "asft train"):
+        return _train(cfg, records)
+
+
+def _unfinished(cfg: TrainConfig, out: Path, launched: bool = False) -> bool:
+    """Prepare ``out`` for this run; True when it continues an unfinished run from its checkpoint.
+
+    ``launched`` (one of several processes): the processes cannot agree yet on continuing an earlier
+    run, so only an explicit ``--resume`` / ``--overwrite`` decides; rank 0 alone changes the folder."""
+    from asft.fileio import read_yaml
+
+    if (out / "train_summary.json").is_file() and not (cfg.overwrite or cfg.resume):
+        raise AsftError(f"{out}: already holds a finished run (pass --overwrite to replace it)")
+    if not (out / "train_summary.json").is_file() and (out / "adapter_model.safetensors").is_file() \
+            and not (out / "train_log.jsonl").is_file() and not cfg.overwrite:
+        raise AsftError(f"{out}: already holds an adapter (pass --overwrite to replace it)")
+    checkpoints = sorted((out / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1])
+                         if p.name.split("-")[-1].isdigit() else -1)
+    if cfg.resume:
+        if not checkpoints:
+            raise AsftError(f"{out / 'checkpoints'}: no checkpoint to resume from (train with --save-steps N "
+                            "to keep checkpoints)")
+        return True
+    if checkpoints and not cfg.overwrite and launched:
+        raise AsftError(f"{out}: holds the checkpoints of an unfinished run: pass --resume to continue it or "
+                        "--overwrite to start afresh")
+    if checkpoints and not cfg.overwrite and (out / "config.yaml").is_file():
+        saved = read_yaml(out / "config.yaml")
+        now = cfg.to_dict()
+        differ = sorted(k for k in set(saved) | set(now) if k not in NOT_THE_RUN and saved.get(k) != now.get(k))
+        if not differ:
+            log.warning(f"{out}: continuing an unfinished run from {checkpoints[-1].name} "
+                        "(--overwrite starts afresh)")
+            return True
+        log.warning(f"{out}: starting afresh: the unfinished run there had another config "
+                    f"({', '.join(f'{k}: {saved.get(k)!r} -> {now.get(k)!r}' for k in differ[:3])}"
+                    f"{', ...' if len(differ) > 3 else ''})")
+    if launched and int(os.environ.get("RANK", "0")) != 0:
+        return False
+    # a fresh run: nothing of an earlier one may be mistaken for this one's
+    shutil.rmtree(out / "checkpoints", ignore_errors=True)
+    for name in (*FINAL_FILES, "train_log.jsonl"):
+        (out / name).unlink(missing_ok=True)
+    return False
+
+
+def _trim_log(log_path: Path, step: int) -> None:
+    """Drop the log rows after ``step`` (the checkpoint a run continues from): they are redone."""
+    from asft.fileio import read_json, write_jsonl
+
+    if log_path.is_file():
+        rows = read_json(log_path)
+        write_jsonl(log_path, [r for r in rows if not isinstance(r.get("step"), int) or r["step"] <= step])
+
+
+def _train(cfg: TrainConfig, records: list[dict] | None = None) -> TrainResult:
     from transformers import TrainingArguments, set_seed
 
     from asft.batches import PadCollator, SupervisedDataset
@@ -87,21 +158,14 @@ def train(cfg: TrainConfig, records: list[dict] | None = None) -> TrainResult:
 
     from asft.methods import get_method
 
-    cfg.validate()
     method = get_method(cfg.method)
     out = Path(cfg.out)
-    if (out / "adapter_model.safetensors").exists() and not (cfg.overwrite or cfg.resume):
-        raise AsftError(f"{out}: already holds an adapter (pass --overwrite to replace it)")
     if records is None:
         records = load_records(cfg.data)
     if cfg.limit:
         records = records[: cfg.limit]
-
-    if cfg.resume and not any((out / "checkpoints").glob("checkpoint-*")):
-        raise AsftError(f"{out / 'checkpoints'}: no checkpoint to resume from (train with --save-steps N "
-                        "to keep checkpoints)")
-
     check_not_sharded(cfg)
+    resume = _unfinished(cfg, out, launched=int(os.environ.get("WORLD_SIZE", "1")) > 1)
     set_seed(cfg.seed)
     dtype = resolve_dtype(cfg.dtype)
     # The arguments come first: they set up the distributed state, so that under accelerate/torchrun
@@ -131,7 +195,6 @@ def train(cfg: TrainConfig, records: list[dict] | None = None) -> TrainResult:
         use_cpu=not torch.cuda.is_available(),
     )
     main_process = args.process_index == 0
-
     anchor = None
     if method.needs_anchor:
         from asft.models.anchor import check_anchor_matches, load_anchor
@@ -158,8 +221,6 @@ def train(cfg: TrainConfig, records: list[dict] | None = None) -> TrainResult:
     if main_process:
         out.mkdir(parents=True, exist_ok=True)
         _save_config(cfg, out)
-        if not cfg.resume and log_path.exists():
-            log_path.unlink()
         append_jsonl(log_path, {"event": "start", "examples": len(dataset), "truncated": dataset.n_truncated,
                                 "dropped": dataset.n_dropped, "method": cfg.method, "form": cfg.penalty_form})
 
@@ -177,7 +238,15 @@ def train(cfg: TrainConfig, records: list[dict] | None = None) -> TrainResult:
     elif plain_output():
         trainer.add_callback(trainer_callback())
     t0 = time.perf_counter()
-    trainer.train(resume_from_checkpoint=True if cfg.resume else None)
+    resumed_from = None
+    if resume:
+        from transformers.trainer_utils import get_last_checkpoint
+
+        last = get_last_checkpoint(str(out / "checkpoints"))
+        resumed_from = int(Path(last).name.split("-")[-1]) if last else None
+        if main_process and resumed_from is not None:
+            _trim_log(log_path, resumed_from)
+    trainer.train(resume_from_checkpoint=True if resume else None)
     seconds = time.perf_counter() - t0
     final = trainer.flush_sums()
     if final and not all(math.isfinite(v) for v in final.values()):
@@ -191,19 +260,20 @@ def train(cfg: TrainConfig, records: list[dict] | None = None) -> TrainResult:
         c_max_eig=penalty.spectrum() if penalty is not None and method.needs_anchor else None,
         trigger=trigger,
         lisa_alignment_steps=getattr(hook, "alignment_steps_done", None),
-        method_info=hook.summary() if hasattr(hook, "summary") else None,
+        method_info=hook.summary() if hasattr(hook, "summary") else None, resumed_from=resumed_from,
     )
     if main_process:  # one writer: every process holds the same adapter
-        save_adapter(model, out)
-        if not cfg.save_steps:
-            shutil.rmtree(out / "checkpoints", ignore_errors=True)
         from asft.runtime import environment
-
-        write_json(out / "train_summary.json", {**dataclasses.asdict(result), "out": str(out),
-                                                "env": environment(device=str(args.device))})
         from asft.training.card import write_card
 
-        write_card(out)
+        # the adapter and the card first, the summary (the mark of a finished run) last, each renamed
+        # into place: a kill leaves either a finished run or an unfinished one a rerun continues
+        save_adapter(model, out)
+        summary = {**dataclasses.asdict(result), "out": str(out), "env": environment(device=str(args.device))}
+        write_card(out, summary)
+        write_json(out / "train_summary.json", summary)
+        if not cfg.save_steps:
+            shutil.rmtree(out / "checkpoints", ignore_errors=True)
     return result
 
 
