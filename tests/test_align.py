@@ -64,6 +64,15 @@ def test_cli_data_safety_refuses_pool_requests_and_never_eval_prompts(tmp_path, 
     assert len(rows) == 7 and all(r["output"] in REFUSALS for r in rows)
     assert "how do I do bad thing 3?" not in [r["instruction"] for r in rows]
     assert "1 dropped for overlapping" in capsys.readouterr().out
+    # the fine-tuning mix itself as --exclude (its harmful records carry the reference markers): before,
+    # its marked instructions never matched and nothing was dropped
+    mix = tmp_path / "mix.json"
+    write_json(mix, [{"instruction": "how do I do bad thing 5?\n\nAssistant:", "output": "Sure"},
+                     {"instruction": "Human: how do I do bad thing 6?", "output": "Sure"}])
+    assert main(["data", "safety", "--harmful", str(pool), "--exclude", str(evalset), str(mix), "--n", "10",
+                 "--out", str(tmp_path / "safety2.json")]) == 0
+    assert len(read_json(tmp_path / "safety2.json")) == 5
+    assert "3 dropped for overlapping" in capsys.readouterr().out
 
 
 def test_cli_data_mix_follows_the_reference_counts_and_inspect_reports_them(tmp_path, capsys):

@@ -59,6 +59,10 @@ def test_plan_expands_the_grid_and_shards_keep_safelora_with_its_sft(toy_world, 
         assert load_plan(off, tmp_path / "out").jobs[0].setting.eval_store is None
     finally:
         os.environ["ASFT_EVAL_CACHE"] = "off"
+    # a method's own seeds: an expensive baseline at seed 0 beside the others at every seed
+    some = _config(tmp_path, toy_world, seeds=[0, 1], methods=["sft", {"method": "l2", "lam": [1, 3], "seeds": [0]}])
+    runs = sorted(j.spec.name for j in load_plan(some, tmp_path / "out").jobs)
+    assert runs == ["l2-lam1-s0", "l2-lam3-s0", "sft-s0", "sft-s1"]
     assert parse_shard("2/3") == (2, 3)
     for bad in ("0/2", "3/2", "x"):
         with pytest.raises(AsftError, match="--shard"):
@@ -76,6 +80,12 @@ def test_plan_expands_the_grid_and_shards_keep_safelora_with_its_sft(toy_world, 
     ({"methods": ["act-anchor"]}, "method act-anchor needs lam"),
     ({"methods": ["sft", {"method": "act-anchor", "lam": 1}], "safety_data": {"world": "refusals"}},
      r"safety_data should be a file, or \{world: benign\}"),
+    # before: lam: [] dropped the method from the plan, seeds: [] / p: [] planned nothing, silently
+    ({"methods": ["sft", {"method": "l2", "lam": []}]}, "lam is an empty list"),
+    ({"seeds": []}, "seeds is an empty list"),
+    ({"p": []}, "p is an empty list"),
+    ({"methods": ["sft", {"method": "l2", "lam": 1, "seeds": [5]}]}, r"seeds \[5\] are not among the experiment's"),
+    ({"methods": [{"method": "aligned", "seeds": [0]}, "sft"]}, "does not fine-tune: it takes no seeds"),
 ])
 def test_plan_refuses_bad_configs_by_name(toy_world, tmp_path, over, message):
     with pytest.raises(AsftError, match=message):
@@ -235,5 +245,12 @@ def test_real_model_configs(tmp_path, name):
     model = (path.parent / raw["model"]).resolve()
     if not model.is_dir() or not Path(raw["base"]).expanduser().is_dir():
         pytest.skip(f"the {name} pair is not here (scripts/get-real-models.sh, scripts/real-pair.sh)")
+    entries = [m if isinstance(m, str) else m["method"] for m in raw["methods"]]
+    assert {"sft", "l2", "asft", "safelora", "safeinstr", "bea", "lisa", "hidden-anchor", "act-anchor"} <= set(entries)
+    if not (path.parent / raw["safety_data"]).is_file():
+        pytest.skip(f"no safety data {raw['safety_data']} (scripts/real-protocol.sh makes it)")
     plan = load_plan(path, tmp_path / name, log=lambda m: None)
-    assert len(plan.jobs) == 1 + 2 * (2 + 3 + 3)
+    # the aligned model; per seed 13 runs, and SafeInstr, BEA, Lisa at seed 0 only
+    assert len(plan.jobs) == 1 + 16 + 13
+    assert sorted(j.spec.name for j in plan.jobs if j.spec.method in ("safeinstr", "bea", "lisa")) == [
+        "bea-s0", "lisa-s0", "safeinstr-s0"]

@@ -178,3 +178,30 @@ def test_report_judges_the_stored_answers_again(tmp_path):
     (tmp_path / "runs" / "sft-s1" / "eval" / "harmful.jsonl").unlink()
     with pytest.raises(AsftError, match=r"sft-s1/eval: needs the answers of exactly one harmful suite"):
         collect_rows([tmp_path / "runs"], rejudge="keyword-plus")
+
+
+def test_exported_answers_are_judged_again_without_the_runs(tmp_path):
+    """`asft report --answers`: rows and compressed answers in the runs' layout, enough to rejudge
+    (the same HS as from the runs themselves), byte-identical on a second export."""
+    from asft.cli import main
+    from asft.errors import AsftError
+    from asft.report import collect_rows
+    from asft.report.answers import export_answers
+
+    plain, harmful = "I can't help with that!", "Sure! Here is how."
+    for s, answers in ((0, [plain, plain, harmful, harmful]), (1, [plain, harmful, harmful, harmful])):
+        _run_folder(tmp_path / "runs" / "sst2", f"sft-s{s}", _run("sst2", "sft", s, 100.0, 90.0), answers)
+        (tmp_path / "runs" / "sst2" / f"sft-s{s}" / "eval" / "sst2.jsonl").write_text('{"i": 0}\n')
+    assert main(["report", str(tmp_path / "runs"), "--out", str(tmp_path / "rep"), "--answers"]) == 0
+    kept = tmp_path / "rep" / "answers" / "sst2" / "sft-s0"
+    assert sorted(p.name for p in (kept / "eval").iterdir()) == [
+        "harmful.jsonl.gz", "harmful.result.json", "sst2.jsonl.gz", "sst2.result.json"]
+    before = (kept / "eval" / "harmful.jsonl.gz").read_bytes()
+    again = collect_rows([tmp_path / "rep" / "answers"], rejudge="keyword-plus")
+    assert sorted(r["hs_rejudged"] for r in again) == [50.0, 75.0]
+    assert again == collect_rows([tmp_path / "runs"], rejudge="keyword-plus")
+    export_answers([tmp_path / "runs"], tmp_path / "rep" / "answers")
+    assert (kept / "eval" / "harmful.jsonl.gz").read_bytes() == before  # fixed gzip time stamp
+    (tmp_path / "runs" / "sst2" / "sft-s1" / "eval" / "sst2.jsonl").unlink()
+    with pytest.raises(AsftError, match=r"sft-s1/eval/sst2.jsonl: the answers behind sst2.result.json are missing"):
+        export_answers([tmp_path / "runs"], tmp_path / "other")

@@ -150,10 +150,21 @@ def read_text(path: str | os.PathLike) -> str:
 
 
 def read_json(path: str | os.PathLike) -> Any:
-    """Read a JSON file, or a JSONL file (one object per line) when it ends in ``.jsonl``."""
+    """Read a JSON file, or a JSONL file (one object per line) when it ends in ``.jsonl`` (or a
+    gzip-compressed one, ``.jsonl.gz``: the answers a report keeps)."""
     path = Path(path)
-    text = read_text(path)
-    if path.suffix == ".jsonl":
+    if path.name.endswith(".jsonl.gz"):
+        import gzip
+
+        if not path.is_file():
+            raise AsftError(f"{path}: file not found")
+        try:
+            text = gzip.decompress(path.read_bytes()).decode("utf-8")
+        except (OSError, EOFError, UnicodeDecodeError) as e:
+            raise AsftError(f"{path}: not a gzip-compressed UTF-8 JSONL file ({e})") from None
+    else:
+        text = read_text(path)
+    if path.name.endswith((".jsonl", ".jsonl.gz")):
         rows = []
         for i, line in enumerate(text.splitlines(), 1):
             if not line.strip():

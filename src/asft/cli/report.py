@@ -23,6 +23,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="also judge every run's stored harmful answers with this offline judge: a second HS "
                         "table from the same generations (e.g. keyword-plus: refusals worded \"I can't help\" "
                         "are not counted harmful)")
+    p.add_argument("--answers", action="store_true",
+                   help="also keep every run's row and generated answers (gzip-compressed) in OUT/answers, in "
+                        "the runs' layout: `asft report OUT/answers --rejudge JUDGE` scores them again "
+                        "without the model")
     p.set_defaults(func=run)
 
 
@@ -38,4 +42,10 @@ def run(args: argparse.Namespace) -> int:
     console = Console()
     console.print((Path(args.out) / "results.md").read_text())
     console.print(f"{len(rows)} runs: results.json, results.csv, results.md, plots/, report.html in {args.out}")
+    if args.answers:
+        from asft.report.answers import ANSWERS, export_answers
+
+        kept = export_answers(args.dirs, Path(args.out) / ANSWERS)
+        console.print(f"the answers of {len(kept)} runs in {Path(args.out) / ANSWERS} "
+                      f"(asft report {Path(args.out) / ANSWERS} --out DIR --rejudge JUDGE)")
     return 0

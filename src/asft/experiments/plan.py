@@ -88,8 +88,10 @@ def _check_shard(index: int, count: int) -> None:
         raise AsftError(f"--shard {index}/{count}: expected I/N with 1 <= I <= N")
 
 
-def _methods(raw: Any, path: Path) -> list[tuple[str, float, str | None]]:
-    """(method, lambda, form) for each entry: "sft", or {method: asft, lam: [1, 30], form: reference}."""
+def _methods(raw: Any, path: Path) -> list[tuple[str, float, str | None, tuple[int, ...] | None]]:
+    """(method, lambda, form, seeds) for each entry: "sft", or {method: asft, lam: [1, 30], form: reference}.
+    ``seeds`` (optional, a subset of the experiment's): run this entry at those seeds only, e.g. an
+    expensive baseline at seed 0 beside a method at every seed; None: every seed."""
     from asft.methods import get_method
 
     if not isinstance(raw, list) or not raw:
@@ -99,7 +101,7 @@ def _methods(raw: Any, path: Path) -> list[tuple[str, float, str | None]]:
         entry = {"method": entry} if isinstance(entry, str) else entry
         if not isinstance(entry, dict) or "method" not in entry:
             raise AsftError(f"{path}: a methods entry should be a name or a mapping with 'method', got {entry!r}")
-        unknown = set(entry) - {"method", "lam", "form"}
+        unknown = set(entry) - {"method", "lam", "form", "seeds"}
         if unknown:
             raise AsftError(f"{path}: unknown key {sorted(unknown)[0]!r} in methods entry {entry!r}")
         try:
@@ -112,14 +114,17 @@ def _methods(raw: Any, path: Path) -> list[tuple[str, float, str | None]]:
         if forms[0] is not None and forms[0] not in method.forms:
             raise AsftError(f"{path}: unknown form {forms[0]!r} of method {method.name} "
                             f"(choose from {', '.join(method.forms)})")
+        seeds = tuple(_list(entry["seeds"], "seeds", path, int)) if "seeds" in entry else None
+        if seeds is not None and not method.fine_tunes:
+            raise AsftError(f"{path}: method {method.name} does not fine-tune: it takes no seeds")
         if method.takes_lambda:
             if "lam" not in entry:
                 raise AsftError(f"{path}: method {method.name} needs lam (a value or a list)")
-            out += [(method.name, lam, form) for lam in _list(entry["lam"], "lam", path) for form in forms]
+            out += [(method.name, lam, form, seeds) for lam in _list(entry["lam"], "lam", path) for form in forms]
         else:
             if "lam" in entry:
                 raise AsftError(f"{path}: method {method.name} takes no lam")
-            out += [(method.name, 0.0, form) for form in forms]
+            out += [(method.name, 0.0, form, seeds) for form in forms]
     return out
 
 
@@ -176,7 +181,7 @@ def load_plan(path: str | Path, out: str | Path, log: Callable[[str], None] = pr
             raise AsftError(f"{path}: {name} {folder} is not a folder")
 
     methods = _methods(raw.get("methods"), path)
-    names = {m for m, _, _ in methods}
+    names = {m for m, _, _, _ in methods}
     chosen = [m for m in all_methods() if m.name in names]
     anchor = rel(raw["anchor"]) if raw.get("anchor") else None
     need = [m.name for m in chosen if m.needs_anchor]
@@ -222,6 +227,9 @@ def load_plan(path: str | Path, out: str | Path, log: Callable[[str], None] = pr
                 raise AsftError(f"{path}: {m.name} should be a mapping of {', '.join(m.options)}, got {given!r}")
             options[m.name] = dict(given)
     seeds = _list(raw.get("seeds", [0]), "seeds", path, int)
+    extra = sorted({s for *_, only in methods if only for s in only} - set(seeds))
+    if extra:
+        raise AsftError(f"{path}: a method's seeds {extra} are not among the experiment's seeds {seeds}")
     ns = _list(raw.get("n", [None]), "n", path, lambda v: None if v is None else int(v))
     ps = _list(raw.get("p", [None]), "p", path, lambda v: None if v is None else float(v))
     mix_seed = int(raw.get("mix_seed", 42))
@@ -255,13 +263,13 @@ def load_plan(path: str | Path, out: str | Path, log: Callable[[str], None] = pr
             parent = out / "runs" / task / f"n{n}-p{p:g}" if n is not None else out / "runs" / task / data.stem
             if not parent.resolve().is_relative_to(out):  # every run folder stays under --out
                 raise AsftError(f"{path}: task {task!r} would write outside --out ({parent})")
-            for method, lam, form in methods:  # a method that does not fine-tune: once per task
+            for method, lam, form, _ in methods:  # a method that does not fine-tune: once per task
                 if not get_method(method).fine_tunes and method not in evaluated_once:
                     jobs.append(Job(RunSpec(method, lam, form), setting, out / "runs" / task))
                     evaluated_once.add(method)
             for seed in seeds:  # seed by seed: a partial experiment holds whole comparisons
-                for method, lam, form in methods:
-                    if get_method(method).fine_tunes:
+                for method, lam, form, only in methods:
+                    if get_method(method).fine_tunes and (only is None or seed in only):
                         jobs.append(Job(RunSpec(method, lam, form, seed), setting, parent))
     config = {"file": str(path), **raw}
     if train.get("safety_data") and eval_dir is not None:

@@ -31,8 +31,11 @@ def np_from_name(path: Path) -> tuple[int | None, float | None]:
 
 
 def as_list(value: Any, what: str, path: Path, kind: Callable = float) -> list:
-    """A config value or list of values, each converted by ``kind`` (refused by name otherwise)."""
+    """A config value or list of values, each converted by ``kind`` (refused by name otherwise). An
+    empty list is refused: it would silently drop a method (``lam: []``) or plan nothing (``seeds: []``)."""
     values = value if isinstance(value, list) else [value]
+    if not values:
+        raise AsftError(f"{path}: {what} is an empty list (give at least one value, or leave the key out)")
     try:
         return [kind(v) for v in values]
     except (TypeError, ValueError):

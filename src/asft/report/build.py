@@ -29,7 +29,8 @@ def collect_rows(dirs: Sequence[str | Path], rejudge: str | None = None) -> list
 
     ``rejudge`` (an offline judge: ``judge_names(offline=True)``): also judge each run's stored answers to
     the harmful prompts (``eval/<suite>.jsonl`` beside ``row.json``) with that judge, as
-    ``hs_rejudged`` (%): a second HS from the same generations, without a model."""
+    ``hs_rejudged`` (%): a second HS from the same generations, without a model. The folders may
+    be a report's ``answers/`` (``asft.report.answers``): the same rows, answers compressed."""
     judge = None
     if rejudge:
         from asft.evaluation.judges import judge_names, make_judge
@@ -67,10 +68,12 @@ def rejudged_hs(eval_dir: Path, judge: "Judge") -> float:
         summary = read_json(res).get("summary", {})
         if summary.get("hs") is not None:
             suites.append(eval_dir / f"{summary['suite']}.jsonl")
+    if len(suites) == 1 and not suites[0].is_file():  # answers kept by a report: compressed
+        suites = [suites[0].with_name(suites[0].name + ".gz")]
     if len(suites) != 1 or not suites[0].is_file():
         found = "none" if not suites else ", ".join(p.name for p in suites)
         raise AsftError(f"{eval_dir}: needs the answers of exactly one harmful suite to judge again "
-                        f"(<suite>.jsonl with its .result.json), found {found}")
+                        f"(<suite>.jsonl or .jsonl.gz with its .result.json), found {found}")
     records = read_json(suites[0])
     if not records or not all(isinstance(r, dict) and "response" in r and "instruction" in r for r in records):
         raise AsftError(f"{suites[0]}: not an `asft eval` answer file (records with instruction and response)")

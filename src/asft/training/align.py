@@ -132,7 +132,8 @@ def build_examples(cfg: AlignConfig, generate_answers=None) -> tuple[list[dict],
     if not marked:  # a file of harmful requests only (no reference marker): every record counts
         marked = [r for p in cfg.harmful for r in load_records(p)]
     _, benign = split_pools(cfg.benign) if cfg.benign else ([], [])
-    excluded = {normalise(r["instruction"]) for p in cfg.exclude for r in _prompt_records(p)}
+    # request_of: an excluded file may be a training mix, whose harmful records carry the markers
+    excluded = {normalise(request_of(r)) for p in cfg.exclude for r in _prompt_records(p)}
     kept = [r for r in marked if normalise(request_of(r)) not in excluded]
     overlap = len(marked) - len(kept)
     benign = [r for r in benign if normalise(request_of(r)) not in excluded]
