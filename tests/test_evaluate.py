@@ -256,7 +256,7 @@ def test_asft_eval_end_to_end(tmp_path, monkeypatch, capsys):
     bad = list(argv)
     bad[bad.index("--data-dir") + 1] = str(tmp_path / "missing")
     assert main(bad) == 2
-    assert "saved_dataset_250.json: file not found" in capsys.readouterr().err
+    assert "missing: evaluation data folder not found" in capsys.readouterr().err
 
 
 def test_adapter_merged_and_unmerged_agree(tmp_path):

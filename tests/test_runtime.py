@@ -44,8 +44,9 @@ def test_every_command_takes_threads_and_applies_the_policy(monkeypatch):
     parser = cli.build_parser()
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     assert set(sub.choices) == {c.replace("_", "-") for c in cli.COMMANDS}
-    for name, p in sub.choices.items():
-        assert "--threads" in p._option_string_actions, name
+    for p in cli._leaf_parsers(sub):  # every command, and every action of one (asft toy build, asft data mix)
+        assert "--threads" in p._option_string_actions, p.prog
+    assert {"asft toy build", "asft data mix"} <= {p.prog for p in cli._leaf_parsers(sub)}
 
     seen = {}
     before = torch.get_num_threads()

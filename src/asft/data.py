@@ -53,6 +53,9 @@ def load_records(path: str | Path, require_output: bool = True) -> list[dict]:
                 raise AsftError(f"{path}: record {i} has no string field {key!r}")
         if "input" in r and r["input"] is not None and not isinstance(r["input"], str):
             raise AsftError(f"{path}: record {i} field 'input' is not a string")
+        if not r["instruction"].strip() and not (r.get("input") or "").strip() and \
+                (not require_output or not r["output"].strip()):
+            raise AsftError(f"{path}: record {i} has an empty instruction and output (nothing to learn from)")
     return rows
 
 

@@ -67,7 +67,7 @@ def check_output(target: str | os.PathLike, folder: bool = True) -> Path:
 
 
 @contextlib.contextmanager
-def output_lock(target: str | os.PathLike, command: str = "asft", wait: bool = False,
+def output_lock(target: str | os.PathLike, command: str = "an unnamed writer", wait: bool = False,
                 folder: bool = True) -> Iterator[None]:
     """One writer per output: hold an exclusive lock on ``target`` (a folder or a file) while it is
     written, or raise one line naming the process that holds it (``wait``: wait for it instead, as
@@ -140,6 +140,8 @@ def write_jsonl(path: str | os.PathLike, rows: list[dict]) -> None:
 def read_text(path: str | os.PathLike) -> str:
     """A UTF-8 text file's content; a missing or non-UTF-8 file is one clear line."""
     path = Path(path)
+    if path.is_dir():
+        raise AsftError(f"{path}: is a folder, not a file")
     if not path.is_file():
         raise AsftError(f"{path}: file not found")
     try:

@@ -22,6 +22,29 @@ COMMANDS = ["import_gguf", "align", "anchor", "train", "merge", "safelora", "dat
             "landscape", "toy", "demo"]
 
 
+class Parser(argparse.ArgumentParser):
+    """Usage mistakes as one line, like every other error: ``asft train: error: ... (see asft train --help)``.
+    Sub-command parsers are made of the same class (argparse's default ``parser_class``)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def at_least(low: int):
+    """An argparse type: an integer >= ``low`` (``--workers 0`` is refused here, not deep in a run)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
+        return value
+
+    parse.__name__ = f"integer >= {low}"
+    return parse
+
+
 class HelpFormatter(argparse.HelpFormatter):
     """Wraps descriptions to the terminal; keeps an ``example:`` epilog's lines as written."""
 
@@ -32,7 +55,7 @@ class HelpFormatter(argparse.HelpFormatter):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="asft",
         description="Safety-preserving LoRA fine-tuning of aligned LLMs (AsFT).",
     )
@@ -40,15 +63,24 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     for name in COMMANDS:
         importlib.import_module(f"asft.cli.{name}").register(sub)
-    for command in sub.choices.values():  # one thread policy for every command (asft.runtime)
+    for command in _leaf_parsers(sub):  # one thread policy for every command (asft.runtime)
         command.formatter_class = HelpFormatter
-        command.add_argument("--threads", type=int, metavar="N",
+        command.add_argument("--threads", type=at_least(1), metavar="N",
                              help="CPU threads for torch (default: $ASFT_THREADS, else half the usable "
                                   "cores; results do not depend on it, speed does)")
         command.add_argument("--plugin", action="append", default=[], metavar="MODULE",
                              help="import MODULE first: the methods, judges and suites it registers can be "
                                   "chosen like the built-in ones (repeatable)")
     return parser
+
+
+def _leaf_parsers(sub: argparse._SubParsersAction) -> list[argparse.ArgumentParser]:
+    """The parsers that run something: each command's, or its actions' (``asft toy build``, ``asft data mix``)."""
+    leaves = []
+    for command in sub.choices.values():
+        nested = [a for a in command._actions if isinstance(a, argparse._SubParsersAction)]
+        leaves += [p for a in nested for p in _leaf_parsers(a)] if nested else [command]
+    return leaves
 
 
 def load_plugins(argv: list[str]) -> None:

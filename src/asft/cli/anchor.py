@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from asft.cli import at_least
+
 from asft.errors import AsftError
 
 
@@ -28,8 +30,8 @@ def register(subparsers) -> None:
     p.add_argument("--rank", type=int, metavar="K", help="store a rank-K truncated SVD of V instead of V itself")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     p.add_argument("--inspect", metavar="FILE", help="print statistics of an anchor file and exit")
-    p.add_argument("--top", type=int, default=5, help="--inspect: singular values shown per module (default 5)")
-    p.add_argument("-k", type=int, default=8, help="--inspect: energy reported for the top k directions (default 8)")
+    p.add_argument("--top", type=at_least(1), default=5, help="--inspect: singular values shown per module (default 5)")
+    p.add_argument("-k", type=at_least(1), default=8, help="--inspect: energy reported for the top k directions (default 8)")
     p.set_defaults(func=run)
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from asft.cli import at_least
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     from asft.data import TEMPLATES
@@ -20,7 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--reference", metavar="DIR", help="reference data folder (train/*/*.json; eval/harmful excluded)")
     s.add_argument("--harmful", nargs="*", default=[], metavar="FILE", help="more files of harmful records")
     s.add_argument("--exclude", nargs="*", default=[], metavar="FILE", help="prompt files never to use")
-    s.add_argument("--n", type=int, default=500, help="demonstrations (default 500)")
+    s.add_argument("--n", type=at_least(1), default=500, help="demonstrations (default 500)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--out", required=True, metavar="FILE")
     s.set_defaults(func=run_safety)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from asft.cli import at_least
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -19,7 +21,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--world-seed", type=int, default=0,
                    help="toy world seed (default 0: the world shipped in the package; others are built)")
     p.add_argument("--size", default="demo", choices=["demo", "test"], help="toy world size")
-    p.add_argument("--workers", type=int, help="runs at once, one thread each (default: usable cores, at most 4)")
+    p.add_argument("--workers", type=at_least(1), help="runs at once, one thread each (default: usable cores, at most 4)")
     p.add_argument("--cache-dir", help="toy world cache (default $ASFT_CACHE or ~/.cache/asft/toy)")
     p.set_defaults(func=run)
 

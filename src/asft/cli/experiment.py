@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from asft.cli import at_least
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -16,7 +18,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("config", help="experiment YAML file")
     p.add_argument("--out", required=True, help="output folder (runs/, data/, report files)")
     p.add_argument("--shard", metavar="I/N", help="run only shard I of N (machines sharing --out)")
-    p.add_argument("--workers", type=int, help="runs at once, one CPU thread each (default: the config's, else 1)")
+    p.add_argument("--workers", type=at_least(1), help="runs at once, one CPU thread each (default: the config's, else 1)")
     p.add_argument("--dry-run", action="store_true", help="list the runs of this shard and exit")
     p.add_argument("--allow-plugin", action="append", default=[], metavar="MODULE",
                    help="let the config's plugins: import MODULE (only the package's own, e.g. asft.toy, "

@@ -233,14 +233,17 @@ def evaluate(make_generate: Callable[[], GenerateFn], tokenizer: Any, suites: Se
             responses = load_generations(gen_path, gen_key, len(items))
             if responses:
                 log(f"{spec.name}: resuming, {len(responses)}/{len(items)} responses already generated")
-            else:
-                out.mkdir(parents=True, exist_ok=True)
-                write_text(gen_path, json.dumps({"key": gen_key, "suite": spec.name, "n": len(items)}) + "\n")
         todo = [i for i in range(len(items)) if i not in responses]
+        if todo and not by_likelihood and generate_fn is None:
+            generate_fn = make_generate()  # the model loads (and an adapter is checked) before any file is made
+        scorer = make_scorer() if todo and by_likelihood else None
+        if gen_path is not None and not responses:
+            out.mkdir(parents=True, exist_ok=True)
+            write_text(gen_path, json.dumps({"key": gen_key, "suite": spec.name, "n": len(items)}) + "\n")
         if todo and by_likelihood:
             labels = list(metrics.AGNEWS_LABELS if spec.kind == "agnews" else metrics.SST2_LABELS)
             log(f"{spec.name}: scoring {len(todo)} prompts by label likelihood ({', '.join(labels)})")
-            scores = make_scorer()([prompts[i] for i in todo], labels, template != "chat")
+            scores = scorer([prompts[i] for i in todo], labels, template != "chat")
             for i, row in zip(todo, scores):
                 responses[i] = labels[max(range(len(labels)), key=row.__getitem__)]
                 if gen_path is not None:
@@ -308,6 +311,8 @@ def run_eval(model_dir: str | Path, suites: Sequence[str], data_dir: str | Path,
     from asft.fileio import output_lock
 
     opts = _options(options, settings)
+    if not Path(data_dir).is_dir():
+        raise AsftError(f"{data_dir}: evaluation data folder not found")
     with output_lock(out_dir, "asft eval"):
         return _run_eval(model_dir, suites, data_dir, out_dir, opts, adapter, log)
 

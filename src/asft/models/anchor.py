@@ -16,6 +16,7 @@ plus string metadata (format "asft-anchor", version, targets, rank, modules, sha
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -316,6 +317,9 @@ def build_anchor(
     norms: dict[str, float] = {}
 
     def zero_check() -> None:
+        bad = [m for m, v in norms.items() if not math.isfinite(v)]
+        if bad:
+            raise AsftError(f"{aligned.path} / {base.path}: V of {bad[0]} is not finite (NaN or inf weights)")
         if all(v == 0 for v in norms.values()):
             raise AsftError(f"{aligned.path}: identical to {base.path} on every target module (V = 0)")
 
@@ -418,6 +422,10 @@ def load_anchor(path: str | os.PathLike, device=None) -> Anchor:
         raise
     except Exception as e:  # safetensors' own errors: header, truncation, not safetensors at all
         raise AsftError(f"{path}: not a safetensors file ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+    bad = next((k for k, t in tensors.items() if t.is_floating_point() and not torch.isfinite(t).all()), None)
+    if bad is not None:  # before: a LinAlgError deep in the penalty's set-up
+        raise AsftError(f"{path}: tensor {bad} holds non-finite values (NaN or inf); rebuild the anchor "
+                        "(asft anchor) from finite weights")
     if device is not None:
         tensors = {k: t.to(device) for k, t in tensors.items()}
     return _anchor_from_tensors(tensors, metadata, path)

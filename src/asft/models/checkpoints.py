@@ -92,6 +92,8 @@ class ModelFolder:
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
+        if self.path.is_file():
+            raise AsftError(f"{self.path}: is a file, not a model folder")
         if not self.path.is_dir():
             raise AsftError(f"{self.path}: model folder not found")
         cfg = self.path / "config.json"

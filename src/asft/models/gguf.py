@@ -57,6 +57,13 @@ def _load(gguf_path: Path, dtype):
     with open(gguf_path, "rb") as f:
         if f.read(4) != b"GGUF":
             raise AsftError(f"{gguf_path}: not a GGUF file (no GGUF magic at its start)")
+    try:  # the whole header and tensor table first: a truncated file is one line, not a struct.error
+        from gguf import GGUFReader
+
+        GGUFReader(str(gguf_path))
+    except Exception as e:  # the reader's errors: struct, value, index, memory-map errors
+        raise AsftError(f"{gguf_path}: truncated or corrupt GGUF file ({type(e).__name__}: "
+                        f"{str(e).splitlines()[0][:120] if str(e) else 'unreadable'})") from None
     folder, name = str(gguf_path.parent), gguf_path.name
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name, local_files_only=True,

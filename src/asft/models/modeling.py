@@ -101,8 +101,15 @@ def load_adapter(model: torch.nn.Module, adapter: str | Path, merge: bool = Fals
         raise AsftError(f"{adapter}: not a LoRA adapter folder (no adapter_config.json)")
     if not (adapter / "adapter_model.safetensors").is_file():
         raise AsftError(f"{adapter}: no adapter_model.safetensors (only safetensors adapters are supported)")
-    with quiet_peft():
-        peft_model = PeftModel.from_pretrained(model, adapter, is_trainable=trainable)
+    try:
+        with quiet_peft():
+            peft_model = PeftModel.from_pretrained(model, adapter, is_trainable=trainable)
+    except RuntimeError as e:  # PEFT's "size mismatch for ...": an adapter of another model
+        if "size mismatch" not in str(e):
+            raise
+        line = next((x.strip() for x in str(e).splitlines() if "size mismatch" in x), str(e))
+        raise AsftError(f"{adapter}: this adapter was trained on another model than "
+                        f"{getattr(model, 'name_or_path', 'this one')} ({line[:200]})") from None
     return peft_model.merge_and_unload() if merge else peft_model
 
 

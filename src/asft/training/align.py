@@ -115,6 +115,21 @@ class AlignConfig:
     progress: bool = True
 
 
+    def validate(self) -> None:
+        """Bad numbers as one line, before a model is loaded (before: --epochs 0 wrote an untrained
+        model, --lr nan failed inside AdamW)."""
+        import math
+
+        for name, low, strict in (("epochs", 0, True), ("lr", 0, True)):
+            v = getattr(self, name)
+            if not isinstance(v, (int, float)) or not math.isfinite(v) or (v <= low if strict else v < low):
+                raise AsftError(f"{name} must be a finite number > {low}, got {v}")
+        for name, low in (("batch_size", 1), ("max_length", 1), ("benign_max_new", 1), ("n_harmful", 0),
+                          ("n_benign", 0), ("save_steps", 0)):
+            if getattr(self, name) < low:
+                raise AsftError(f"{name.replace('_', ' ')} must be >= {low}, got {getattr(self, name)}")
+
+
 _NOT_IDENTITY = ("overwrite", "progress", "save_steps")  # options that do not change the result
 
 
@@ -218,6 +233,7 @@ def align(cfg: AlignConfig) -> dict:
     (one writer per ``out``: see ``_align``)."""
     from asft.fileio import output_lock
 
+    cfg.validate()
     with output_lock(cfg.out, "asft align"):
         return _align(cfg)
 

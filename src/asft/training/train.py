@@ -44,7 +44,7 @@ class TrainResult:
     method_info: dict | None = None  # what the method's hook reports (e.g. nullspace: dimensions kept)
     resumed_from: int | None = None  # the checkpoint's step when the run continued an unfinished one
 
-log = logging.getLogger("asft")
+log = logging.getLogger("asft.train")  # under the "asft" logger the CLI prints
 FINAL_FILES = ("adapter_model.safetensors", "adapter_config.json", "README.md", "train_summary.json")
 # What a run folder's config.yaml may differ in and still be the same run (resumable; the folder may
 # have been moved)
