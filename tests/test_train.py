@@ -126,6 +126,13 @@ def test_yaml_config_with_overrides(tmp_path):
     path.write_text("lora_r: eight\n")
     with pytest.raises(AsftError, match="c.yaml: option 'lora_r' should be int"):
         TrainConfig.from_yaml(path)
+    # before: paths in the file resolved against the working folder; now against the file's folder
+    (tmp_path / "cfgs").mkdir()
+    nested = tmp_path / "cfgs" / "c.yaml"
+    nested.write_text("model: ../models/m\ndata: d.json\nout: /abs/out\nanchor: ~/a.safetensors\n")
+    cfg = TrainConfig.from_yaml(nested, data="flag.json")
+    assert Path(cfg.model) == tmp_path / "cfgs" / ".." / "models" / "m" and cfg.out == "/abs/out"
+    assert cfg.data == "flag.json" and cfg.anchor == str(Path("~/a.safetensors").expanduser())
 
 
 def test_bad_inputs_give_clear_errors(world, tmp_path):

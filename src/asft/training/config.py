@@ -117,9 +117,13 @@ class TrainConfig:
 
         return get_method(self.method).penalty_form(self)
 
+    PATHS = ("model", "data", "out", "anchor", "safety_data")  # relative to the YAML file that names them
+
     @classmethod
     def from_yaml(cls, path: str | Path, **overrides: Any) -> "TrainConfig":
-        """Options from a YAML file, then ``overrides`` (from flags; None means "not given")."""
+        """Options from a YAML file, then ``overrides`` (from flags; None means "not given"). Relative
+        paths in the file are relative to the file's folder (as in an experiment config), so a config
+        works from any working folder; flags stay relative to the working folder. ``~`` is expanded."""
         raw = read_yaml(path)
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(raw) - names)
@@ -128,6 +132,10 @@ class TrainConfig:
         for f in dataclasses.fields(cls):
             if f.name in raw and raw[f.name] is not None:
                 raw[f.name] = _coerce(raw[f.name], f, path)
+        for name in cls.PATHS:
+            if isinstance(raw.get(name), str) and raw[name]:
+                value = Path(raw[name]).expanduser()
+                raw[name] = str(value if value.is_absolute() else Path(path).parent / value)
         raw.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**raw)
 

@@ -120,8 +120,7 @@ def _unfinished(cfg: TrainConfig, out: Path, launched: bool = False) -> bool:
         raise AsftError(f"{out}: holds the checkpoints of an unfinished run: pass --resume to continue it or "
                         "--overwrite to start afresh")
     if checkpoints and not cfg.overwrite and (out / "config.yaml").is_file():
-        saved = read_yaml(out / "config.yaml")
-        now = cfg.to_dict()
+        saved, now = _absolute(read_yaml(out / "config.yaml")), _absolute(cfg.to_dict())
         differ = sorted(k for k in set(saved) | set(now) if k not in NOT_THE_RUN and saved.get(k) != now.get(k))
         if not differ:
             log.warning(f"{out}: continuing an unfinished run from {checkpoints[-1].name} "
@@ -309,8 +308,13 @@ def check_not_sharded(cfg: TrainConfig, environ=None) -> None:
 def _save_config(cfg: TrainConfig, out: Path) -> None:
     import yaml
 
-    with atomic_path(out / "config.yaml") as tmp:
-        tmp.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), encoding="utf-8")
+    with atomic_path(out / "config.yaml") as tmp:  # absolute paths: `--config out/config.yaml` reruns it anywhere
+        tmp.write_text(yaml.safe_dump(_absolute(cfg.to_dict()), sort_keys=False), encoding="utf-8")
+
+
+def _absolute(d: dict) -> dict:
+    return {k: str(Path(v).expanduser().resolve()) if k in TrainConfig.PATHS and isinstance(v, str) and v else v
+            for k, v in d.items()}
 
 
 def adapter_trigger(adapter: str | Path) -> str | None:
