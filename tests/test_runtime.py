@@ -94,3 +94,14 @@ def test_every_command_help_shows_an_example():
     for name, command in sub.choices.items():
         text = command.format_help()
         assert "\nexample: asft " + name in text, name
+
+
+def test_version_is_the_installed_distributions(capsys):
+    """Before: `asft --version` was an error."""
+    from importlib.metadata import version
+
+    from asft import cli
+
+    with pytest.raises(SystemExit) as e:
+        cli.main(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out.strip() == f"asft {version('asft')}"

@@ -59,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="asft",
         description="Safety-preserving LoRA fine-tuning of aligned LLMs (AsFT).",
     )
+    from asft import __version__
+
+    parser.add_argument("--version", action="version", version=f"asft {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name in COMMANDS:
