@@ -49,6 +49,9 @@ CASES = [
      "is a file, not a model folder", "{new}"),
     ("train-anchor-missing", "train {train} --method asft --anchor {new}.safetensors", "anchor file not found", "{new}"),
     ("train-anchor-nan", "train {train} --method asft --anchor {nan_anchor}", "holds non-finite values", "{new}"),
+    ("train-report-to-bad", "train {train} --report-to tensorbord", "unknown dashboard 'tensorbord'", "{new}"),
+    ("experiment-report-to-bad", "experiment {exp} --out {new} --report-to wandbb", "unknown dashboard 'wandbb'",
+     "{new}/runs"),
     ("train-config-missing", "train --config {new}.yaml --out {new}", "file not found", "{new}"),
     # eval
     ("eval-max-new-neg", "eval {eval} --max-new-tokens -5", "max new tokens must be >= 1, got -5", "{new}"),

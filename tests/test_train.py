@@ -543,3 +543,22 @@ def test_one_writer_per_output_folder_and_a_dead_writers_lock_is_taken_over(worl
     train(_cfg(world, out, method="sft"))
     assert (out / "train_summary.json").is_file()
     assert not list(out.glob(".*.tmp")) and not list(tmp_path.glob(".out.lock"))
+
+
+def test_report_to_tensorboard_writes_task_loss_and_penalty_as_scalars(world, tmp_path):
+    """Before: the CLI hard-coded report_to=[]; now --report-to tensorboard writes OUT/tensorboard."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "tb"
+    train(_cfg(world, out, method="l2", lam=2.0, report_to=["tensorboard"]))
+    events = EventAccumulator(str(out / "tensorboard"))
+    events.Reload()
+    logged = [json.loads(x) for x in (out / "train_log.jsonl").read_text().splitlines()]
+    logged = [r for r in logged if "task_loss" in r]
+    for tag, key in (("train/task_loss", "task_loss"), ("train/penalty", "penalty")):
+        points = events.Scalars(tag)
+        assert [p.step for p in points] == [r["step"] for r in logged]
+        assert [p.value for p in points] == pytest.approx([r[key] for r in logged], rel=1e-6)
+    assert logged[-1]["penalty"] > 0
+    with pytest.raises(AsftError, match="report_to: unknown dashboard 'tensorbord'"):
+        train(_cfg(world, tmp_path / "x", method="sft", report_to=["tensorbord"]))

@@ -20,6 +20,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--shard", metavar="I/N", help="run only shard I of N (machines sharing --out)")
     p.add_argument("--workers", type=at_least(1), help="runs at once, one CPU thread each (default: the config's, else 1)")
     p.add_argument("--dry-run", action="store_true", help="list the runs of this shard and exit")
+    p.add_argument("--report-to", type=lambda s: [t for t in s.split(",") if t], metavar="LIST",
+                   help="dashboards every run logs to besides its train_log.jsonl: tensorboard (each "
+                        "run's adapter/tensorboard), wandb, none (default: the config's train.report_to)")
     p.add_argument("--allow-plugin", action="append", default=[], metavar="MODULE",
                    help="let the config's plugins: import MODULE (only the package's own, e.g. asft.toy, "
                         "are imported otherwise: a config is data, an import runs code); repeatable")
@@ -49,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
         console.print(f"{where} {spec.name}: HS {row['hs']:.1f}  FA {fa}")
 
     res = run_experiment(args.config, args.out, shard=args.shard, workers=args.workers, log=console.print,
-                         on_row=on_row, allow_plugins=allow)
+                         on_row=on_row, allow_plugins=allow, report_to=args.report_to)
     if res["report"] is not None:
         console.print(Path(args.out, "results.md").read_text(encoding="utf-8"))
         console.print(f"{res['total']} runs in {res['seconds']:.0f}s; results.json, results.csv, results.md, "

@@ -138,7 +138,7 @@ SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # task names become folde
 
 
 def load_plan(path: str | Path, out: str | Path, log: Callable[[str], None] = print,
-              allow_plugins: Sequence[str] = ()) -> Plan:
+              allow_plugins: Sequence[str] = (), report_to: Sequence[str] | None = None) -> Plan:
     """Read and check ``path``, have ``asft.experiments.prepare`` build what the runs need (toy world,
     anchor, data mixes in ``out``, the judge) and expand the grid. Relative paths in the config are
     relative to the config file. ``allow_plugins``: the modules of the config's ``plugins:`` that may be
@@ -190,7 +190,12 @@ def load_plan(path: str | Path, out: str | Path, log: Callable[[str], None] = pr
             raise AsftError(f"{path}: methods {', '.join(need)} need anchor: FILE or base: DIR")
         anchor = anchor_for(base, model, out / "anchor.safetensors", log)
     train = dict(raw.get("train") or {})
+    if report_to is not None:  # --report-to: every run's dashboards (not part of a run's key)
+        train["report_to"] = list(report_to)
     from asft.training.config import TrainConfig
+
+    if train.get("report_to"):  # checked now, not at the first run's start
+        TrainConfig(method="sft", report_to=list(train["report_to"])).validate()
 
     reserved = {"model", "data", "out", "method", "lam", "form", "seed", "anchor"}  # set per run
     bad = sorted((set(train) - set(TrainConfig.__dataclass_fields__)) | (set(train) & reserved))
@@ -288,7 +293,7 @@ def load_plan(path: str | Path, out: str | Path, log: Callable[[str], None] = pr
 
 def run_experiment(config: str | Path, out: str | Path, shard: str | None = None, workers: int | None = None,
                    log: Callable[[str], None] = print, on_row=None, on_plan=None,
-                   allow_plugins: Sequence[str] = ()) -> dict:
+                   allow_plugins: Sequence[str] = (), report_to: Sequence[str] | None = None) -> dict:
     """Run (or resume) the runs of ``config`` that belong to ``shard`` ("I/N"), then, once every run
     of the experiment has finished (all shards), write the report into ``out``.
 
@@ -302,7 +307,7 @@ def run_experiment(config: str | Path, out: str | Path, shard: str | None = None
     t0 = time.perf_counter()
     out = Path(out)
     index, count = parse_shard(shard)
-    plan = load_plan(config, out, log=log, allow_plugins=allow_plugins)
+    plan = load_plan(config, out, log=log, allow_plugins=allow_plugins, report_to=report_to)
     if on_plan is not None:
         on_plan(plan)
     jobs = plan.shard(index, count)

@@ -23,6 +23,9 @@ def _opt(default: Any, help: str) -> Any:
     return field(default=default, metadata={"help": help})
 
 
+DASHBOARDS = {"tensorboard": "tensorboard", "wandb": "wandb", "none": None}  # name -> the package it needs
+
+
 @dataclass
 class TrainConfig:
     """Every training option. Defaults are the public AsFT reference code's (Llama-2-7B-chat,
@@ -77,11 +80,22 @@ class TrainConfig:
     limit: int | None = _opt(None, "train on the first N records only")
     overwrite: bool = _opt(False, "replace an adapter already in OUT")
     progress: bool = _opt(True, "show a progress bar")
+    report_to: list[str] = _opt([], "dashboards to log to besides train_log.jsonl: tensorboard (OUT/tensorboard), "
+                                    "wandb, none")
 
     def validate(self) -> None:
         from asft.methods import get_method
 
         get_method(self.method).validate(self)
+        for name in self.report_to:
+            if name not in DASHBOARDS:
+                raise AsftError(f"report_to: unknown dashboard {name!r} (choose from {', '.join(DASHBOARDS)})")
+            module = DASHBOARDS[name]
+            if module:
+                import importlib.util
+
+                if importlib.util.find_spec(module) is None:
+                    raise AsftError(f"report_to {name} needs the {module} package (pip install {module})")
         if self.lam < 0 or not math.isfinite(self.lam):
             raise AsftError(f"lambda must be a finite number >= 0, got {self.lam}")
         if self.max_steps is not None and self.max_steps < 1:

@@ -48,7 +48,7 @@ log = logging.getLogger("asft.train")  # under the "asft" logger the CLI prints
 FINAL_FILES = ("adapter_model.safetensors", "adapter_config.json", "README.md", "train_summary.json")
 # What a run folder's config.yaml may differ in and still be the same run (resumable; the folder may
 # have been moved)
-NOT_THE_RUN = ("out", "resume", "overwrite", "progress", "logging_steps")
+NOT_THE_RUN = ("out", "resume", "overwrite", "progress", "logging_steps", "report_to")
 
 
 def prepare_model(model: torch.nn.Module, cfg: TrainConfig) -> torch.nn.Module:
@@ -186,7 +186,8 @@ def _train(cfg: TrainConfig, records: list[dict] | None = None) -> TrainResult:
         train_sampling_strategy="group_by_length" if cfg.group_by_length else "random",
         bf16=(dtype == torch.bfloat16),
         fp16=(dtype == torch.float16),
-        report_to=[],
+        # tensorboard gets its own writer below (into OUT/tensorboard, not under checkpoints/)
+        report_to=[r for r in cfg.report_to if r not in ("none", "tensorboard")],
         disable_tqdm=not cfg.progress or plain_output(),  # a log file gets plain lines instead
         remove_unused_columns=False,
         dataloader_num_workers=0,
@@ -230,6 +231,11 @@ def _train(cfg: TrainConfig, records: list[dict] | None = None) -> TrainResult:
         # with --max-steps the Trainer's step count no longer says how long an epoch is
         steps_per_epoch=max(1, math.ceil(batches_per_epoch / cfg.grad_accum)) if cfg.max_steps else None,
     )
+    if "tensorboard" in cfg.report_to and main_process:
+        from torch.utils.tensorboard import SummaryWriter
+        from transformers.integrations import TensorBoardCallback
+
+        trainer.add_callback(TensorBoardCallback(tb_writer=SummaryWriter(log_dir=str(out / "tensorboard"))))
     if not cfg.progress:
         from transformers import PrinterCallback
 
