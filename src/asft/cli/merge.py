@@ -11,8 +11,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", required=True, help="model folder the adapter was trained on")
     p.add_argument("--adapter", required=True, help="adapter folder (from asft train)")
     p.add_argument("--out", required=True, help="output model folder")
-    p.add_argument("--dtype", default="auto", help="auto, float32, bfloat16 or float16")
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                   help="weights of the merged folder (auto: the model's own dtype)")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out folder")
     p.set_defaults(func=run)
 
 

@@ -33,16 +33,18 @@ def register(sub: argparse._SubParsersAction) -> None:
         if f.name in ("progress",):
             continue
         default = getattr(defaults, f.name)
-        help = f"{f.metadata['help']} (default: {default})"
+        shown = "" if default in ("", None, []) else f" (default: {default})"  # required or unset: no "(default: )"
+        help = f"{f.metadata['help']}{shown}"
         if f.name == "method":
-            help = f"{methods_help} (default: {default})"
+            help = f"{methods_help}{shown}"
         # Flags default to None so that a --config file can supply what the command line omits.
         if isinstance(default, bool):
             p.add_argument(_flag(f.name), action=argparse.BooleanOptionalAction, default=None,
                            help=help)
         elif isinstance(default, list):
             p.add_argument(_flag(f.name), type=lambda s: [t for t in s.split(",") if t], default=None,
-                           help=f"{f.metadata['help']}, comma-separated (default: {','.join(default)})")
+                           help=f"{f.metadata['help']}, comma-separated"
+                                + (f" (default: {','.join(default)})" if default else ""))
         else:
             kind = {"int": int, "float": float}.get(str(f.type).split(" ")[0], str)
             p.add_argument(_flag(f.name), type=kind, default=None, help=help, choices=choices.get(f.name))
