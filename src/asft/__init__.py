@@ -8,6 +8,11 @@ The public API, imported on first use (``import asft`` stays light, ``asft --hel
     trainer = asft.AsftTrainer(model=peft_model, args=..., train_dataset=..., penalty=penalty)
     asft.train(asft.TrainConfig(...))                                   # what `asft train` runs
     asft.evaluate.run_eval(...)                                         # the evaluation package
+    asft.apply_threads()   # the CLI's thread policy (half the usable cores; $ASFT_THREADS): call it first
+
+The library never changes torch's thread count by itself (no hidden global state); torch's default
+of one thread per core ran a LoRA loop 7x slower on a busy 2-core machine
+(``benchmarks/results/thread_policy.json``), so scripts call ``asft.apply_threads()`` once.
 
 With TRL installed, ``asft.integrations.trl.AsftSFTTrainer`` is TRL's ``SFTTrainer`` with the penalty.
 """
@@ -25,6 +30,7 @@ _LAZY = {
     "AsftTrainer": "asft.training.trainer",
     "TrainConfig": "asft.training.config",
     "train": "asft.training.train",
+    "apply_threads": "asft.runtime",
 }
 __all__ = [*_LAZY, "evaluate", "__version__"]
 
