@@ -3,12 +3,12 @@
 #   bash scripts/real-protocol.sh smollm2|gemma3 [report]
 #   1. the safety demonstrations (asft data safety: 500 refusals to harmful requests of the training
 #      pools, none of the 250 HS prompts nor of the SST-2 mix's own harmful requests), once
-#   2. the runs already in the repository (docs/results/<pair>_sst2/answers: rows and answers) are put
+#   2. the runs already in the repository (docs/results/<pair>_sst2_all/answers: rows and answers) are put
 #      back in place; `asft experiment` keeps those whose key matches (the same pair, bit for bit)
 #      and redoes the others
 #   3. asft experiment configs/<pair>_sst2.yaml (skipped with `report`)
 #   4. the report of the runs done so far, with both judges, and every run's answers, into
-#      docs/results/<pair>_sst2 (commit it)
+#      docs/results/<pair>_sst2_all (commit it)
 # Needs scripts/get-real-models.sh and scripts/real-pair.sh <pair> first. WORKERS (default 1) runs at
 # once, threads via ASFT_THREADS.
 source "$(dirname "$0")/_env.sh"
@@ -16,7 +16,7 @@ which=${1:-smollm2}
 case $which in smollm2|gemma3) ;; *) echo "usage: $0 smollm2|gemma3 [report]" >&2; exit 2 ;; esac
 ref=${ASFT_REFERENCE:-$(cd .. && pwd)/shared/data/asft-reference}
 runs=${ASFT_RUNS:-runs}
-results=docs/results/${which}_sst2
+results=docs/results/${which}_sst2_all   # every method; docs/results/<pair>_sst2 keeps the earlier protocol
 out=$runs/$which-sst2
 [ -f "$runs/$which-pair/aligned/align.json" ] || { echo "no aligned model: bash scripts/real-pair.sh $which" >&2; exit 2; }
 mkdir -p "$runs"
