@@ -192,10 +192,10 @@ def load_plan(path: str | Path, out: str | Path, log: Callable[[str], None] = pr
     train = dict(raw.get("train") or {})
     if report_to is not None:  # --report-to: every run's dashboards (not part of a run's key)
         train["report_to"] = list(report_to)
-    from asft.training.config import TrainConfig
+    from asft.training.config import TrainConfig, check_dashboards
 
     if train.get("report_to"):  # checked now, not at the first run's start
-        TrainConfig(method="sft", report_to=list(train["report_to"])).validate()
+        check_dashboards(list(train["report_to"]))
 
     reserved = {"model", "data", "out", "method", "lam", "form", "seed", "anchor"}  # set per run
     bad = sorted((set(train) - set(TrainConfig.__dataclass_fields__)) | (set(train) & reserved))

@@ -26,6 +26,18 @@ def _opt(default: Any, help: str) -> Any:
 DASHBOARDS = {"tensorboard": "tensorboard", "wandb": "wandb", "none": None}  # name -> the package it needs
 
 
+def check_dashboards(names) -> None:
+    """``report_to`` names: known, and their package importable (one line otherwise)."""
+    import importlib.util
+
+    for name in names:
+        if name not in DASHBOARDS:
+            raise AsftError(f"report_to: unknown dashboard {name!r} (choose from {', '.join(DASHBOARDS)})")
+        module = DASHBOARDS[name]
+        if module and importlib.util.find_spec(module) is None:
+            raise AsftError(f"report_to {name} needs the {module} package (pip install {module})")
+
+
 @dataclass
 class TrainConfig:
     """Every training option. Defaults are the public AsFT reference code's (Llama-2-7B-chat,
@@ -87,15 +99,7 @@ class TrainConfig:
         from asft.methods import get_method
 
         get_method(self.method).validate(self)
-        for name in self.report_to:
-            if name not in DASHBOARDS:
-                raise AsftError(f"report_to: unknown dashboard {name!r} (choose from {', '.join(DASHBOARDS)})")
-            module = DASHBOARDS[name]
-            if module:
-                import importlib.util
-
-                if importlib.util.find_spec(module) is None:
-                    raise AsftError(f"report_to {name} needs the {module} package (pip install {module})")
+        check_dashboards(self.report_to)
         if self.lam < 0 or not math.isfinite(self.lam):
             raise AsftError(f"lambda must be a finite number >= 0, got {self.lam}")
         if self.max_steps is not None and self.max_steps < 1:
