@@ -562,3 +562,18 @@ def test_report_to_tensorboard_writes_task_loss_and_penalty_as_scalars(world, tm
     assert logged[-1]["penalty"] > 0
     with pytest.raises(AsftError, match="report_to: unknown dashboard 'tensorbord'"):
         train(_cfg(world, tmp_path / "x", method="sft", report_to=["tensorbord"]))
+
+
+def test_a_method_that_cannot_resume_starts_a_killed_run_afresh(world, tmp_path, caplog):
+    """Lisa refuses --resume (its alternating state is not checkpointed): a rerun of its killed run
+    must not continue it silently either."""
+    safety = tmp_path / "safety.json"
+    safety.write_text(json.dumps([{"instruction": "say bad", "output": "no"}] * 4))
+    kw = dict(method="lisa", epochs=2, save_steps=2, safety_data=str(safety), lisa_align_steps=1,
+              lisa_finetune_steps=1)
+    full = tmp_path / "full"
+    train(_cfg(world, full, **kw))
+    crashed = crashed_copy(full, tmp_path / "crashed")
+    with caplog.at_level("WARNING", logger="asft"):
+        res = train(_cfg(world, crashed, **kw))
+    assert res.resumed_from is None and "starting afresh: lisa cannot --resume" in caplog.text

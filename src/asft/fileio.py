@@ -10,6 +10,7 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
@@ -113,8 +114,6 @@ def output_lock(target: str | os.PathLike, command: str = "an unnamed writer", w
             if folder.is_dir():
                 for orphan in folder.glob(pattern):
                     if orphan.is_dir():
-                        import shutil
-
                         shutil.rmtree(orphan, ignore_errors=True)
                     else:
                         orphan.unlink(missing_ok=True)
@@ -137,13 +136,17 @@ def write_jsonl(path: str | os.PathLike, rows: list[dict]) -> None:
     write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
 
 
-def read_text(path: str | os.PathLike) -> str:
-    """A UTF-8 text file's content; a missing or non-UTF-8 file is one clear line."""
-    path = Path(path)
+def _check_file(path: Path) -> None:
     if path.is_dir():
         raise AsftError(f"{path}: is a folder, not a file")
     if not path.is_file():
         raise AsftError(f"{path}: file not found")
+
+
+def read_text(path: str | os.PathLike) -> str:
+    """A UTF-8 text file's content; a missing or non-UTF-8 file is one clear line."""
+    path = Path(path)
+    _check_file(path)
     try:
         return path.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
@@ -158,8 +161,7 @@ def read_json(path: str | os.PathLike) -> Any:
     if path.name.endswith(".jsonl.gz"):
         import gzip
 
-        if not path.is_file():
-            raise AsftError(f"{path}: file not found")
+        _check_file(path)
         try:
             text = gzip.decompress(path.read_bytes()).decode("utf-8")
         except (OSError, EOFError, UnicodeDecodeError) as e:

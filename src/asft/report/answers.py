@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Sequence
 
 from asft.errors import AsftError
-from asft.fileio import atomic_path, read_text
+from asft.fileio import atomic_path, read_text, write_text
 
 ANSWERS = "answers"
 
@@ -36,13 +36,13 @@ def export_answers(dirs: Sequence[str | Path], out: str | Path) -> list[Path]:
                 raise AsftError(f"{run}: a finished run without its evaluation (eval/*.result.json)")
             for name in ("row.json", "key.txt"):
                 if (run / name).is_file():
-                    _copy(run / name, dest / name)
+                    write_text(dest / name, read_text(run / name))
             for res in results:
                 suite = res.name[: -len(".result.json")]
                 answers, kept = run / "eval" / f"{suite}.jsonl", run / "eval" / f"{suite}.jsonl.gz"
                 if not answers.is_file() and not kept.is_file():
                     raise AsftError(f"{answers}: the answers behind {res.name} are missing")
-                _copy(res, dest / "eval" / res.name)
+                write_text(dest / "eval" / res.name, read_text(res))
                 if (dest / "eval" / kept.name).resolve() == kept.resolve():
                     continue
                 # a run put back from an earlier export holds its answers compressed already
@@ -51,11 +51,6 @@ def export_answers(dirs: Sequence[str | Path], out: str | Path) -> list[Path]:
                     tmp.write_bytes(gzip.compress(data, compresslevel=9, mtime=0))
             written.append(dest)
     return written
-
-
-def _copy(src: Path, dst: Path) -> None:
-    with atomic_path(dst) as tmp:
-        tmp.write_text(read_text(src), encoding="utf-8")
 
 
 __all__ = ["ANSWERS", "export_answers"]

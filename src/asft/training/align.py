@@ -114,16 +114,15 @@ class AlignConfig:
     overwrite: bool = False
     progress: bool = True
 
-
     def validate(self) -> None:
         """Bad numbers as one line, before a model is loaded (before: --epochs 0 wrote an untrained
         model, --lr nan failed inside AdamW)."""
         import math
 
-        for name, low, strict in (("epochs", 0, True), ("lr", 0, True)):
+        for name in ("epochs", "lr"):
             v = getattr(self, name)
-            if not isinstance(v, (int, float)) or not math.isfinite(v) or (v <= low if strict else v < low):
-                raise AsftError(f"{name} must be a finite number > {low}, got {v}")
+            if not (math.isfinite(v) and v > 0):
+                raise AsftError(f"{name} must be a finite number > 0, got {v}")
         for name, low in (("batch_size", 1), ("max_length", 1), ("benign_max_new", 1), ("n_harmful", 0),
                           ("n_benign", 0), ("save_steps", 0)):
             if getattr(self, name) < low:
@@ -259,8 +258,6 @@ def _align(cfg: AlignConfig) -> dict:
     out = Path(cfg.out)
     if out.exists() and any(out.iterdir()) and not cfg.overwrite:
         raise AsftError(f"{out}: exists and is not empty (pass --overwrite to replace it)")
-    if cfg.save_steps < 0:
-        raise AsftError(f"save_steps must be >= 0, got {cfg.save_steps}")
     check_model_folder(cfg.model)
     tok = load_tokenizer(cfg.model)
     check_template(tok, cfg.template, where=cfg.model)

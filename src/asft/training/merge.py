@@ -13,10 +13,9 @@ def merge(model_dir: str | Path, adapter_dir: str | Path, out: str | Path, dtype
     """Fold a LoRA adapter into its model and save a plain model folder (safetensors) + tokenizer.
 
     ``dtype="auto"`` keeps the checkpoint's own dtype (a bf16 model stays bf16)."""
-    from asft.fileio import check_output, output_lock, read_json
+    from asft.fileio import output_lock
 
-    check_output(out)
-    with output_lock(out, "asft merge"):
+    with output_lock(out, "asft merge"):  # which also refuses an --out that is a file or under one
         return _merge(model_dir, adapter_dir, out, dtype, overwrite)
 
 

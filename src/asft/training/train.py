@@ -97,11 +97,13 @@ def train(cfg: TrainConfig, records: list[dict] | None = None) -> TrainResult:
         return _train(cfg, records)
 
 
-def _unfinished(cfg: TrainConfig, out: Path, launched: bool = False) -> bool:
-    """Prepare ``out`` for this run; True when it continues an unfinished run from its checkpoint.
+def _unfinished(cfg: TrainConfig, out: Path, launched: bool = False) -> int | None:
+    """Prepare ``out`` for this run; the step of the checkpoint it continues from, or None (afresh).
 
     ``launched`` (one of several processes): the processes cannot agree yet on continuing an earlier
     run, so only an explicit ``--resume`` / ``--overwrite`` decides; rank 0 alone changes the folder."""
+    from transformers.trainer_utils import get_last_checkpoint
+
     from asft.fileio import read_yaml
 
     if (out / "train_summary.json").is_file() and not (cfg.overwrite or cfg.resume):
@@ -109,33 +111,37 @@ def _unfinished(cfg: TrainConfig, out: Path, launched: bool = False) -> bool:
     if not (out / "train_summary.json").is_file() and (out / "adapter_model.safetensors").is_file() \
             and not (out / "train_log.jsonl").is_file() and not cfg.overwrite:
         raise AsftError(f"{out}: already holds an adapter (pass --overwrite to replace it)")
-    checkpoints = sorted((out / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1])
-                         if p.name.split("-")[-1].isdigit() else -1)
+    last = get_last_checkpoint(str(out / "checkpoints")) if (out / "checkpoints").is_dir() else None
+    step = int(Path(last).name.split("-")[-1]) if last else None
     if cfg.resume:
-        if not checkpoints:
+        if step is None:
             raise AsftError(f"{out / 'checkpoints'}: no checkpoint to resume from (train with --save-steps N "
                             "to keep checkpoints)")
-        return True
-    if checkpoints and not cfg.overwrite and launched:
+        return step
+    if step is not None and not cfg.overwrite and launched:
         raise AsftError(f"{out}: holds the checkpoints of an unfinished run: pass --resume to continue it or "
                         "--overwrite to start afresh")
-    if checkpoints and not cfg.overwrite and (out / "config.yaml").is_file():
+    if step is not None and not cfg.overwrite and (out / "config.yaml").is_file():
         saved, now = _absolute(read_yaml(out / "config.yaml")), _absolute(cfg.to_dict())
         differ = sorted(k for k in set(saved) | set(now) if k not in NOT_THE_RUN and saved.get(k) != now.get(k))
-        if not differ:
-            log.warning(f"{out}: continuing an unfinished run from {checkpoints[-1].name} "
-                        "(--overwrite starts afresh)")
-            return True
-        log.warning(f"{out}: starting afresh: the unfinished run there had another config "
+        try:  # a method that cannot resume (lisa) refuses --resume in its validate: the same rule here
+            dataclasses.replace(cfg, resume=True).validate()
+            why = None
+        except AsftError as e:
+            why = str(e)
+        if not differ and why is None:
+            log.warning(f"{out}: continuing an unfinished run from {Path(last).name} (--overwrite starts afresh)")
+            return step
+        log.warning(f"{out}: starting afresh: " + (why if why else "the unfinished run there had another config "
                     f"({', '.join(f'{k}: {saved.get(k)!r} -> {now.get(k)!r}' for k in differ[:3])}"
-                    f"{', ...' if len(differ) > 3 else ''})")
+                    f"{', ...' if len(differ) > 3 else ''})"))
     if launched and int(os.environ.get("RANK", "0")) != 0:
-        return False
+        return None
     # a fresh run: nothing of an earlier one may be mistaken for this one's
     shutil.rmtree(out / "checkpoints", ignore_errors=True)
     for name in (*FINAL_FILES, "train_log.jsonl"):
         (out / name).unlink(missing_ok=True)
-    return False
+    return None
 
 
 def _trim_log(log_path: Path, step: int) -> None:
@@ -164,7 +170,7 @@ def _train(cfg: TrainConfig, records: list[dict] | None = None) -> TrainResult:
     if cfg.limit:
         records = records[: cfg.limit]
     check_not_sharded(cfg)
-    resume = _unfinished(cfg, out, launched=int(os.environ.get("WORLD_SIZE", "1")) > 1)
+    resumed_from = _unfinished(cfg, out, launched=int(os.environ.get("WORLD_SIZE", "1")) > 1)
     set_seed(cfg.seed)
     dtype = resolve_dtype(cfg.dtype)
     # The arguments come first: they set up the distributed state, so that under accelerate/torchrun
@@ -243,15 +249,9 @@ def _train(cfg: TrainConfig, records: list[dict] | None = None) -> TrainResult:
     elif plain_output():
         trainer.add_callback(trainer_callback())
     t0 = time.perf_counter()
-    resumed_from = None
-    if resume:
-        from transformers.trainer_utils import get_last_checkpoint
-
-        last = get_last_checkpoint(str(out / "checkpoints"))
-        resumed_from = int(Path(last).name.split("-")[-1]) if last else None
-        if main_process and resumed_from is not None:
-            _trim_log(log_path, resumed_from)
-    trainer.train(resume_from_checkpoint=True if resume else None)
+    if main_process and resumed_from is not None:
+        _trim_log(log_path, resumed_from)
+    trainer.train(resume_from_checkpoint=True if resumed_from is not None else None)
     seconds = time.perf_counter() - t0
     final = trainer.flush_sums()
     if final and not all(math.isfinite(v) for v in final.values()):
