@@ -75,7 +75,8 @@ def test_plan_expands_the_grid_and_shards_keep_safelora_with_its_sft(toy_world, 
     ({"methods": [{"method": "sft", "lam": 1}]}, "method sft takes no lam"),
     ({"tasks": {"topic": {"suite": "toy-topic", "pool": "x.json"}}}, "has a pool but no harmful"),
     ({"tasks": {"math": {"suite": "toy-topic"}}}, "the toy world has tasks"),
-    ({"train": {"lr": 1, "seed": 3}}, "train option 'seed' is unknown or set by the experiment"),
+    ({"train": {"lr": 1, "seed": 3}}, "train option 'seed' is set by the experiment itself"),
+    ({"train": {"lrr": 1}}, "train: unknown option 'lrr' \\(did you mean 'lr'"),
     ({"evals": {}}, "unknown key 'evals'"),
     ({"methods": ["act-anchor"]}, "method act-anchor needs lam"),
     ({"methods": ["sft", {"method": "act-anchor", "lam": 1}], "safety_data": {"world": "refusals"}},
@@ -254,3 +255,35 @@ def test_real_model_configs(tmp_path, name):
     assert len(plan.jobs) == 1 + 16 + 13
     assert sorted(j.spec.name for j in plan.jobs if j.spec.method in ("safeinstr", "bea", "lisa")) == [
         "bea-s0", "lisa-s0", "safeinstr-s0"]
+
+
+def test_overrides_and_a_dry_run_that_builds_nothing(toy_world, tmp_path):
+    """``KEY=VALUE`` (dotted) sets config keys; Hugging Face names work in train:; the whole config,
+    each run's options included, is checked before the anchor is computed; --dry-run writes nothing."""
+    path = _config(tmp_path, toy_world, methods=["sft", {"method": "asft", "lam": 1}])
+    out = tmp_path / "out"
+    plan = load_plan(path, out, overrides=["train.learning_rate=5e-4", "seeds=[1, 2]", "eval.limit=8"],
+                     dry_run=True)
+    assert sorted({j.spec.seed for j in plan.jobs}) == [1, 2]
+    assert {j.setting.train["lr"] for j in plan.jobs} == {5e-4}
+    assert {j.setting.eval_limit for j in plan.jobs} == {8}
+    assert plan.config["overrides"][0] == "train.learning_rate=5e-4"
+    assert not out.exists()  # before: the anchor was computed and written by a dry run
+    # a bad training value is refused by run name before the anchor is built (it was after)
+    for bad, message in ((["train.lr=-1"], "run sft-s0: lr must be a finite number > 0"),
+                         (["train.lora_r=0"], "run sft-s0: lora_r must be >= 1"),
+                         (["train.lamda=1"], "unknown option 'lamda'"),
+                         (["train.lr=1e-3", "train.learning_rate=1e-4"], "'lr' is given twice"),
+                         (["seeds"], "expected KEY=VALUE"),
+                         (["n.x=1"], "n in .* is not a mapping")):
+        with pytest.raises(AsftError, match=message):
+            load_plan(path, out, overrides=bad)
+        assert not (out / "anchor.safetensors").exists()
+    # the command line: overrides after the config, the dry run lists the runs and leaves no folder
+    res = subprocess.run([sys.executable, "-m", "asft", "experiment", str(path), "seeds=[3]", "--out", str(out),
+                          "--dry-run"], capture_output=True, text=True, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.count("to do") == 2 and "sft-s3" in res.stdout and not out.exists()
+    # a real plan builds the anchor once everything is checked
+    load_plan(path, out)
+    assert (out / "anchor.safetensors").is_file()

@@ -577,3 +577,34 @@ def test_a_method_that_cannot_resume_starts_a_killed_run_afresh(world, tmp_path,
     with caplog.at_level("WARNING", logger="asft"):
         res = train(_cfg(world, crashed, **kw))
     assert res.resumed_from is None and "starting afresh: lisa cannot --resume" in caplog.text
+
+
+def test_hugging_face_names_and_key_value_overrides(world, tmp_path):
+    """A config copied from TrainingArguments / PEFT works unrenamed; KEY=VALUE sets options on the
+    command line; one option under two names is refused, not resolved by order."""
+    import yaml
+
+    from asft.cli import main
+
+    path = tmp_path / "hf.yaml"
+    path.write_text(yaml.safe_dump({
+        "model_name_or_path": str(world["aligned"]), "train_file": str(world["data"]),
+        "learning_rate": "2e-3", "num_train_epochs": 1, "per_device_train_batch_size": 4,
+        "target_modules": ["q_proj"], "r": 4, "method": "sft", "template": "chat", "progress": False}))
+    cfg = TrainConfig.from_yaml(path)
+    assert (cfg.lr, cfg.epochs, cfg.batch_size, cfg.targets, cfg.lora_r) == (2e-3, 1, 4, ["q_proj"], 4)
+    out = tmp_path / "run"
+    assert main(["train", "--config", str(path), "method=l2", "lam=10", f"output_dir={out}",
+                 "--max-steps", "2", "--quiet"]) == 0
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert (saved["method"], saved["lam"], saved["lr"], saved["max_steps"], saved["lora_r"]) == ("l2", 10, 2e-3, 2, 4)
+    assert len((out / "train_log.jsonl").read_text().splitlines()) >= 2
+    with pytest.raises(AsftError, match="'lr' is given twice"):
+        TrainConfig.from_yaml(_write(tmp_path / "two.yaml", "lr: 1e-3\nlearning_rate: 2e-3\n"))
+    with pytest.raises(AsftError, match=r"unknown option 'learnig_rate' \(did you mean 'learning_rate'\?\)"):
+        TrainConfig.from_yaml(_write(tmp_path / "typo.yaml", "learnig_rate: 1e-3\n"))
+
+
+def _write(path, text):
+    path.write_text(text)
+    return path

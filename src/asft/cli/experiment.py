@@ -14,12 +14,18 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "one that is not done yet, and writes results.json/.csv/.md, plots and report.html "
                     "to --out once all runs are finished. Copy a file of configs/ to start.",
         epilog="example: asft experiment configs/toy_paper_table.yaml --out runs/toy-table --workers 2\n"
-               "         asft experiment my.yaml --out /shared/exp --shard 1/2   (and 2/2 on another machine)")
+               "         asft experiment my.yaml --out /shared/exp --shard 1/2   (and 2/2 on another machine)\n"
+               "         asft experiment configs/toy_paper_table.yaml train.lr=1e-3 seeds=[0] --out runs/try --dry-run")
     p.add_argument("config", help="experiment YAML file")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                   help="config keys set over the file's, dotted for nested ones, values read as YAML: "
+                        "train.lr=1e-4 seeds=[0] eval.limit=20 (Hugging Face names work in train: "
+                        "train.learning_rate=1e-4)")
     p.add_argument("--out", required=True, help="output folder (runs/, data/, report files)")
     p.add_argument("--shard", metavar="I/N", help="run only shard I of N (machines sharing --out)")
     p.add_argument("--workers", type=at_least(1), help="runs at once, one CPU thread each (default: the config's, else 1)")
-    p.add_argument("--dry-run", action="store_true", help="list the runs of this shard and exit")
+    p.add_argument("--dry-run", action="store_true",
+                   help="check the whole config and list the runs of this shard; builds and writes nothing")
     p.add_argument("--report-to", type=lambda s: [t for t in s.split(",") if t], metavar="LIST",
                    help="dashboards every run logs to besides its train_log.jsonl: tensorboard (each "
                         "run's adapter/tensorboard), wandb, none (default: the config's train.report_to)")
@@ -40,7 +46,8 @@ def run(args: argparse.Namespace) -> int:
     allow = [*args.allow_plugin, *getattr(args, "plugin", [])]  # --plugin MODULE was imported already
     if args.dry_run:
         index, count = parse_shard(args.shard)
-        plan = load_plan(args.config, args.out, log=console.print, allow_plugins=allow)
+        plan = load_plan(args.config, args.out, log=console.print, allow_plugins=allow, overrides=args.overrides,
+                         dry_run=True)
         for job in plan.shard(index, count):
             state = "done" if (job.folder / "row.json").is_file() else "to do"
             console.print(f"{state:6} {job.folder}")
@@ -52,7 +59,8 @@ def run(args: argparse.Namespace) -> int:
         console.print(f"{where} {spec.name}: HS {row['hs']:.1f}  FA {fa}")
 
     res = run_experiment(args.config, args.out, shard=args.shard, workers=args.workers, log=console.print,
-                         on_row=on_row, allow_plugins=allow, report_to=args.report_to)
+                         on_row=on_row, allow_plugins=allow, report_to=args.report_to,
+                         overrides=args.overrides)
     if res["report"] is not None:
         console.print(Path(args.out, "results.md").read_text(encoding="utf-8"))
         console.print(f"{res['total']} runs in {res['seconds']:.0f}s; results.json, results.csv, results.md, "

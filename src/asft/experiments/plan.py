@@ -137,14 +137,42 @@ def allowed_plugin(module: str, allow: Sequence[str] = ()) -> bool:
 SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # task names become folder names
 
 
+def apply_overrides(raw: dict, assignments: Sequence[str], path: Path) -> dict:
+    """``train.lr=1e-4``, ``seeds=[0]``, ``eval.limit=20`` (YAML values) set into the config's mapping."""
+    from asft.training.config import canonical, parse_assignments
+
+    seen: dict[str, str] = {}
+    for key, value in parse_assignments(list(assignments)).items():
+        *parents, last = key.split(".")
+        if parents == ["train"]:  # train.learning_rate replaces the file's lr (one option, two names)
+            last = canonical(last, f"{key}=...")
+            if last in seen:
+                raise AsftError(f"train option {last!r} is given twice ({seen[last]}=... and {key}=...)")
+            seen[last] = key
+            for other in [k for k in (raw.get("train") or {}) if canonical(str(k), str(path)) == last]:
+                del raw["train"][other]
+        node = raw
+        for part in parents:
+            if node.get(part) is None:
+                node[part] = {}
+            elif not isinstance(node[part], dict):
+                raise AsftError(f"{key}=...: {part} in {path} is not a mapping")
+            node = node[part]
+        node[last] = value
+    return raw
+
+
 def load_plan(path: str | Path, out: str | Path, log: Callable[[str], None] = print,
-              allow_plugins: Sequence[str] = (), report_to: Sequence[str] | None = None) -> Plan:
+              allow_plugins: Sequence[str] = (), report_to: Sequence[str] | None = None,
+              overrides: Sequence[str] = (), dry_run: bool = False) -> Plan:
     """Read and check ``path``, have ``asft.experiments.prepare`` build what the runs need (toy world,
     anchor, data mixes in ``out``, the judge) and expand the grid. Relative paths in the config are
     relative to the config file. ``allow_plugins``: the modules of the config's ``plugins:`` that may be
-    imported besides the package's own."""
+    imported besides the package's own. ``overrides``: dotted ``KEY=VALUE`` items over the file's keys.
+    The whole config, every run's training options included, is checked before anything is built; with
+    ``dry_run`` nothing is (no anchor, no mixes: the plan only)."""
     path = Path(path)
-    raw = read_yaml(path)
+    raw = apply_overrides(read_yaml(path), overrides, path)
     from asft.methods import all_methods, get_method, load_plugins
 
     plugins = raw.get("plugins") or []
@@ -185,34 +213,39 @@ def load_plan(path: str | Path, out: str | Path, log: Callable[[str], None] = pr
     chosen = [m for m in all_methods() if m.name in names]
     anchor = rel(raw["anchor"]) if raw.get("anchor") else None
     need = [m.name for m in chosen if m.needs_anchor]
-    if need and anchor is None:
+    build_anchor = need and anchor is None  # built once everything else is checked
+    if build_anchor:
         if base is None:
             raise AsftError(f"{path}: methods {', '.join(need)} need anchor: FILE or base: DIR")
-        anchor = anchor_for(base, model, out / "anchor.safetensors", log)
-    train = dict(raw.get("train") or {})
+        anchor = out / "anchor.safetensors"
+    from asft.training.config import TrainConfig, check_dashboards, options as train_options
+
+    train = raw.get("train") or {}
+    if not isinstance(train, dict):
+        raise AsftError(f"{path}: train should be a mapping of training options, got {train!r}")
+    train = train_options(train, f"{path}: train")  # checked and typed; Hugging Face names accepted
     if report_to is not None:  # --report-to: every run's dashboards (not part of a run's key)
         train["report_to"] = list(report_to)
-    from asft.training.config import TrainConfig, check_dashboards
-
     if train.get("report_to"):  # checked now, not at the first run's start
         check_dashboards(list(train["report_to"]))
 
     reserved = {"model", "data", "out", "method", "lam", "form", "seed", "anchor"}  # set per run
-    bad = sorted((set(train) - set(TrainConfig.__dataclass_fields__)) | (set(train) & reserved))
+    bad = sorted(set(train) & reserved)
     if bad:
-        raise AsftError(f"{path}: train option {bad[0]!r} is unknown or set by the experiment itself")
+        raise AsftError(f"{path}: train option {bad[0]!r} is set by the experiment itself (per run)")
     safety = raw.get("safety_data")
     need = [m.name for m in chosen if m.needs_safety_data]
     if need:
         if safety is None and world is not None:  # the toy world supplies its own
             safety = out / "data" / "safety.json"
-            write_json(safety, world.safety_records())
+            if not dry_run:
+                write_json(safety, world.safety_records())
         elif isinstance(safety, dict):  # {world: benign}: the control of the data anchors
             if world is None or safety != {"world": "benign"}:
                 raise AsftError(f"{path}: safety_data should be a file, or {{world: benign}} with a toy world "
                                 f"(its benign requests answered by the aligned model), got {safety!r}")
             safety = out / "data" / "benign.json"
-            if not safety.is_file():
+            if not safety.is_file() and not dry_run:
                 write_json(safety, world.benign_records())
         if safety is None:
             raise AsftError(f"{path}: methods {', '.join(need)} need safety_data: FILE "
@@ -261,7 +294,7 @@ def load_plan(path: str | Path, out: str | Path, log: Callable[[str], None] = pr
         if unknown:
             raise AsftError(f"{path}: unknown key {unknown[0]!r} in task {task!r}")
         suite = str(spec.get("suite", task))
-        cells = task_cells(task, spec, ns, ps, world, out, mix_seed, rel, path)
+        cells = task_cells(task, spec, ns, ps, world, out, mix_seed, rel, path, write=not dry_run)
         evaluated_once = set()
         for data, n, p in cells:
             setting = Setting(data=data, task_suite=suite, task_name=task, n=n, p=p, **common)
@@ -276,7 +309,17 @@ def load_plan(path: str | Path, out: str | Path, log: Callable[[str], None] = pr
                 for method, lam, form, only in methods:
                     if get_method(method).fine_tunes and (only is None or seed in only):
                         jobs.append(Job(RunSpec(method, lam, form, seed), setting, parent))
-    config = {"file": str(path), **raw}
+    from asft.experiments.runs import train_config
+
+    for job in jobs:  # every run's options, checked as `asft train` would, before anything is built
+        if job.spec.kind.fine_tunes and not job.spec.kind.post_hoc:
+            try:
+                train_config(job.spec, job.setting, job.folder / "adapter").validate()
+            except (AsftError, TypeError) as e:
+                raise AsftError(f"{path}: run {job.spec.name}: {e}") from None
+    if build_anchor and not dry_run:
+        anchor_for(base, model, anchor, log)
+    config = {"file": str(path), **raw, **({"overrides": list(overrides)} if overrides else {})}
     if train.get("safety_data") and eval_dir is not None:
         # a safety anchor must never be built from the prompts it is scored on: say how many it shares
         from asft.data import load_records, prompt_overlap
@@ -293,7 +336,8 @@ def load_plan(path: str | Path, out: str | Path, log: Callable[[str], None] = pr
 
 def run_experiment(config: str | Path, out: str | Path, shard: str | None = None, workers: int | None = None,
                    log: Callable[[str], None] = print, on_row=None, on_plan=None,
-                   allow_plugins: Sequence[str] = (), report_to: Sequence[str] | None = None) -> dict:
+                   allow_plugins: Sequence[str] = (), report_to: Sequence[str] | None = None,
+                   overrides: Sequence[str] = ()) -> dict:
     """Run (or resume) the runs of ``config`` that belong to ``shard`` ("I/N"), then, once every run
     of the experiment has finished (all shards), write the report into ``out``.
 
@@ -307,7 +351,7 @@ def run_experiment(config: str | Path, out: str | Path, shard: str | None = None
     t0 = time.perf_counter()
     out = Path(out)
     index, count = parse_shard(shard)
-    plan = load_plan(config, out, log=log, allow_plugins=allow_plugins, report_to=report_to)
+    plan = load_plan(config, out, log=log, allow_plugins=allow_plugins, report_to=report_to, overrides=overrides)
     if on_plan is not None:
         on_plan(plan)
     jobs = plan.shard(index, count)

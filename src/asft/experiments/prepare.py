@@ -42,8 +42,10 @@ def as_list(value: Any, what: str, path: Path, kind: Callable = float) -> list:
         raise AsftError(f"{path}: {what} should be a number or a list of numbers, got {value!r}") from None
 
 
-def task_cells(task: str, spec: dict, ns: list, ps: list, world, out: Path, mix_seed: int, rel, path: Path):
-    """(data file, n, p) per cell of one task."""
+def task_cells(task: str, spec: dict, ns: list, ps: list, world, out: Path, mix_seed: int, rel, path: Path,
+               write: bool = True):
+    """(data file, n, p) per cell of one task; ``write=False`` (a dry run): the files a pool's mixes
+    would be written to, none written."""
     if "data" in spec:  # fixed files: n and p from the task entry or the file name
         files = spec["data"] if isinstance(spec["data"], list) else [spec["data"]]
         cells = []
@@ -68,14 +70,17 @@ def task_cells(task: str, spec: dict, ns: list, ps: list, world, out: Path, mix_
         for n in n_list:
             for p in p_list:
                 f = out / "data" / f"{task}-n{n}-p{p:g}.json"
-                write_json(f, mix_records(pool, harmful, n, p, seed=mix_seed, add=bool(spec.get("add", False))))
+                if write:
+                    write_json(f, mix_records(pool, harmful, n, p, seed=mix_seed,
+                                              add=bool(spec.get("add", False))))
                 cells.append((f, n, p))
         return cells
     if world is None:
         raise AsftError(f"{path}: task {task!r} needs data: FILE or pool: + harmful: FILES")
     if task not in world.tasks:
         raise AsftError(f"{path}: the toy world has tasks {', '.join(world.tasks)}, not {task!r}")
-    return [(Path(world.make_mix(task, n, p, seed=mix_seed)), n, p) for n in n_list for p in p_list]
+    mix = world.make_mix if write else world.mix_path
+    return [(Path(mix(task, n, p, seed=mix_seed)), n, p) for n in n_list for p in p_list]
 
 
 def judge_of(spec: Any, rel, path: Path):

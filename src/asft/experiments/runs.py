@@ -135,7 +135,7 @@ def train_defaults() -> dict:
 
 def train_run(spec: RunSpec, setting: Setting, run_dir: Path, key: str | None = None) -> Path | None:
     """Train (or reuse) the adapter of ``spec``; returns its folder (None for the aligned model)."""
-    from asft.training.train import TrainConfig, train
+    from asft.training.train import train
 
     adapter = run_dir / "adapter"
     method = spec.kind
@@ -150,15 +150,22 @@ def train_run(spec: RunSpec, setting: Setting, run_dir: Path, key: str | None = 
                                 **setting.options(method))
         write_json(adapter / POST_HOC_DONE, {"run": spec.name, "from": source.name, **setting.options(method)})
         return adapter
-    cfg = TrainConfig(**{**setting.train, "model": str(setting.model), "data": str(setting.data),
-                         "out": str(adapter), "method": spec.method, "lam": spec.lam,
-                         "seed": spec.seed,
-                         **({"form": spec.form or method.forms[0]} if method.forms else {}),
-                         "anchor": str(setting.anchor) if setting.anchor else None,
-                         # the projector form's k (the reference form keeps the anchor's own rank)
-                         "proj_rank": setting.proj_rank if spec.form == "projector" else None})
-    train(cfg)
+    train(train_config(spec, setting, adapter))
     return adapter
+
+
+def train_config(spec: RunSpec, setting: Setting, adapter: Path):
+    """The ``TrainConfig`` of a fine-tuning run (also checked by the plan before anything runs)."""
+    from asft.training.config import TrainConfig
+
+    method = spec.kind
+    return TrainConfig(**{**setting.train, "model": str(setting.model), "data": str(setting.data),
+                          "out": str(adapter), "method": spec.method, "lam": spec.lam,
+                          "seed": spec.seed,
+                          **({"form": spec.form or method.forms[0]} if method.forms else {}),
+                          "anchor": str(setting.anchor) if setting.anchor else None,
+                          # the projector form's k (the reference form keeps the anchor's own rank)
+                          "proj_rank": setting.proj_rank if spec.form == "projector" else None})
 
 
 def evaluate_run(spec: RunSpec, setting: Setting, run_dir: Path, adapter: Path | None,

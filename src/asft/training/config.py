@@ -141,15 +141,9 @@ class TrainConfig:
     def from_yaml(cls, path: str | Path, **overrides: Any) -> "TrainConfig":
         """Options from a YAML file, then ``overrides`` (from flags; None means "not given"). Relative
         paths in the file are relative to the file's folder (as in an experiment config), so a config
-        works from any working folder; flags stay relative to the working folder. ``~`` is expanded."""
-        raw = read_yaml(path)
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(raw) - names)
-        if unknown:
-            raise AsftError(f"{path}: unknown option {unknown[0]!r}")
-        for f in dataclasses.fields(cls):
-            if f.name in raw and raw[f.name] is not None:
-                raw[f.name] = _coerce(raw[f.name], f, path)
+        works from any working folder; flags stay relative to the working folder. ``~`` is expanded.
+        The file may use the Hugging Face names of ``ALIASES`` (``learning_rate``, ``output_dir``, ...)."""
+        raw = options(read_yaml(path), str(path))
         for name in cls.PATHS:
             if isinstance(raw.get(name), str) and raw[name]:
                 value = Path(raw[name]).expanduser()
@@ -159,6 +153,63 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+# The names Hugging Face's TrainingArguments, PEFT's LoraConfig, TRL and LLaMA-Factory / axolotl give these
+# options: accepted wherever an option is named (a config file, KEY=VALUE, flags), so a config copied
+# from those tools needs no renaming.
+ALIASES = {
+    "model_name_or_path": "model", "train_file": "data", "output_dir": "out",
+    "learning_rate": "lr", "num_train_epochs": "epochs", "per_device_train_batch_size": "batch_size",
+    "gradient_accumulation_steps": "grad_accum", "max_seq_length": "max_length", "lr_decay": "lr_gamma",
+    "r": "lora_r", "lora_rank": "lora_r", "target_modules": "targets", "lora_target": "targets",
+    "overwrite_output_dir": "overwrite",
+}
+
+
+def canonical(key: str, where: str) -> str:
+    """The option a name means: ``learning-rate`` / ``learning_rate`` / ``lr`` -> ``lr`` (one line otherwise)."""
+    key = key.strip().replace("-", "_")
+    key = ALIASES.get(key, key)
+    if key not in TrainConfig.__dataclass_fields__:
+        import difflib
+
+        close = difflib.get_close_matches(key, [*TrainConfig.__dataclass_fields__, *ALIASES], n=1)
+        raise AsftError(f"{where}: unknown option {key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+    return key
+
+
+def options(raw: dict, where: str) -> dict:
+    """A mapping of option names (ours or ``ALIASES``) to values, as TrainConfig's fields and types.
+    A name given twice under two spellings is refused, not resolved by order."""
+    out: dict[str, Any] = {}
+    for key, value in raw.items():
+        name = canonical(str(key), where)
+        if name in out:
+            raise AsftError(f"{where}: option {name!r} is given twice (as {key!r} and under another name)")
+        f = TrainConfig.__dataclass_fields__[name]
+        out[name] = None if value is None else _coerce(value, f, where)
+    return out
+
+
+def parse_assignments(items: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """``["lam=10", "train.lr=1e-4", "seeds=[0, 1]"]`` -> ``{"lam": 10, "train.lr": 1e-4, ...}``. A value
+    is read as YAML (numbers, booleans, lists, mappings; anything else a string); keys keep their dots."""
+    import yaml
+
+    out: dict[str, Any] = {}
+    for item in items:
+        key, eq, text = item.partition("=")
+        if not eq or not key.strip():
+            raise AsftError(f"expected KEY=VALUE, got {item!r}")
+        try:
+            value = yaml.safe_load(text) if text.strip() else ""
+        except yaml.YAMLError:
+            value = text  # e.g. "a: b: c" as a plain string
+        if key.strip() in out:
+            raise AsftError(f"{key.strip()}=... is given twice")
+        out[key.strip()] = value
+    return out
 
 
 def _coerce(value: Any, f: dataclasses.Field, path: str | Path) -> Any:
@@ -179,7 +230,7 @@ def _coerce(value: Any, f: dataclasses.Field, path: str | Path) -> Any:
         if kind == "float":
             if isinstance(value, bool):
                 raise ValueError
-            return float(value)
+            return value if isinstance(value, int) else float(value)  # 2 stays 2: run keys hash it as written
         return str(value)
     except (TypeError, ValueError):
         raise AsftError(f"{path}: option {f.name!r} should be {kind}, got {value!r}") from None

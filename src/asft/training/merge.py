@@ -39,6 +39,10 @@ def _merge(model_dir, adapter_dir, out, dtype, overwrite) -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
+    from asft.fileio import write_text
+    from asft.training.card import card_text
+
+    write_text(tmp / "README.md", card_text(adapter_dir, merged=out))  # the adapter's card, for the merged model
     if out.exists():  # swap, then delete: the old folder is never lost before the new one is in place
         shutil.rmtree(old, ignore_errors=True)
         out.rename(old)

@@ -43,6 +43,7 @@ class TrainResult:
     lisa_alignment_steps: int | None = None  # lisa: steps spent on alignment batches
     method_info: dict | None = None  # what the method's hook reports (e.g. nullspace: dimensions kept)
     resumed_from: int | None = None  # the checkpoint's step when the run continued an unfinished one
+    epochs: float | None = None  # epochs trained (the Trainer's count; --max-steps may stop before --epochs)
 
 log = logging.getLogger("asft.train")  # under the "asft" logger the CLI prints
 FINAL_FILES = ("adapter_model.safetensors", "adapter_config.json", "README.md", "train_summary.json")
@@ -266,6 +267,7 @@ def _train(cfg: TrainConfig, records: list[dict] | None = None) -> TrainResult:
         trigger=trigger,
         lisa_alignment_steps=getattr(hook, "alignment_steps_done", None),
         method_info=hook.summary() if hasattr(hook, "summary") else None, resumed_from=resumed_from,
+        epochs=round(float(trainer.state.epoch or 0), 4),
     )
     if main_process:  # one writer: every process holds the same adapter
         from asft.runtime import environment
