@@ -18,6 +18,7 @@ def test_adapter_card_has_the_recipe_and_every_evaluation(toy_world, tmp_path):
     train(TrainConfig(model=str(toy_world.aligned), data=str(data), out=str(out), method="asft", lam=30.0,
                       anchor=str(anchor), template="chat", lr=1e-3, max_steps=3, batch_size=8, progress=False))
     card = (out / "README.md").read_text()
+    printed = []
     front = yaml.safe_load(card.split("---")[1])
     # before: base_model was the local path and "asft" was tagged twice for the asft method
     assert "base_model" not in front and front["library_name"] == "peft"
@@ -26,6 +27,9 @@ def test_adapter_card_has_the_recipe_and_every_evaluation(toy_world, tmp_path):
     # what ran (3 updates of 8 of 64 records), not the --epochs default (10) that --max-steps cut short
     assert "| training | lr 0.001, 0.375 epochs (max steps 3), batch 8 x" in card
     assert f'PeftModel.from_pretrained(model, "{out}")' in card  # the how-to snippet
+    snippet = card.split("```python\n")[1].split("```")[0]
+    exec(compile(snippet, "card snippet", "exec"), {"print": lambda *a: printed.extend(a)})  # it runs as written
+    assert isinstance(printed[0], str)
     assert "| penalty | λ = 30.0, C: reference |" in card
     assert f"sha {content_hash(anchor)}" in card and f"sha {content_hash(data)}" in card
     assert str(toy_world.base) in card  # the anchor's base model
