@@ -108,6 +108,18 @@ CASES = [
     # import-gguf
     ("gguf-truncated", "import-gguf {truncated_gguf} --out {new}", "truncated or corrupt GGUF", "{new}"),
     ("gguf-not-gguf", "import-gguf {file} --out {new}", "not a GGUF file", "{new}"),
+    # export-gguf
+    ("export-not-a-model", "export-gguf --model {world} --out {new}.gguf", "not a model folder", "{new}.gguf"),
+    ("export-word-tokenizer", "export-gguf --model {aligned} --adapter {adapter} --out {new}.gguf",
+     "export writes byte-level BPE tokenizers (gpt2 kind); this one is WordLevel", "{new}.gguf"),
+    ("export-dtype-bad", "export-gguf --model {aligned} --out {new}.gguf --dtype q4", "argument --dtype", "{new}.gguf"),
+    ("export-out-folder", "export-gguf --model {aligned} --out {world}", "is a folder", None),
+    # overrides
+    ("train-override-typo", "train {train} lamda=3", "unknown option 'lamda' (did you mean 'lam'?)", "{new}"),
+    ("train-override-twice", "train {train} --lr 1e-3 learning_rate=2e-3", "lr is given twice", "{new}"),
+    ("experiment-override-bad", "experiment {exp} --out {new} train.lr=-1", "lr must be a finite number > 0",
+     "{new}"),
+    ("experiment-override-not-kv", "experiment {exp} --out {new} seeds", "unrecognized arguments: seeds", "{new}"),
     # align
     ("align-epochs-0", "align --model {aligned} --harmful {mix} --out {new} --epochs 0", "epochs must be a finite number > 0", "{new}"),
     ("align-lr-nan", "align --model {aligned} --harmful {mix} --out {new} --lr nan", "lr must be a finite number > 0",

@@ -18,7 +18,7 @@ from asft.errors import AsftError
 BUILTIN_PLUGINS = ("asft.toy",)  # registers the toy-* suites and the toy judge (no torch at import)
 
 # Sub-command modules, in the order they appear in `asft --help`.
-COMMANDS = ["import_gguf", "align", "anchor", "train", "merge", "safelora", "data", "eval", "experiment", "report",
+COMMANDS = ["import_gguf", "export_gguf", "align", "anchor", "train", "merge", "safelora", "data", "eval", "experiment", "report",
             "landscape", "toy", "demo"]
 
 
@@ -121,7 +121,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"asft: error: {e}", file=sys.stderr)
         return 2
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    # KEY=VALUE items may come after options (argparse takes a positional list only in one piece)
+    dest = getattr(args, "assignments_dest", None)
+    if dest and all("=" in e and not e.startswith("-") for e in extra):
+        getattr(args, dest).extend(extra)
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     _notes(args.command)
     try:
         from asft.runtime import apply_threads

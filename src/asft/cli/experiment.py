@@ -32,7 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--allow-plugin", action="append", default=[], metavar="MODULE",
                    help="let the config's plugins: import MODULE (only the package's own, e.g. asft.toy, "
                         "are imported otherwise: a config is data, an import runs code); repeatable")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, assignments_dest="overrides")
 
 
 def run(args: argparse.Namespace) -> int:

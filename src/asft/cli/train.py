@@ -61,7 +61,7 @@ def register(sub: argparse._SubParsersAction) -> None:
             kind = {"int": int, "float": float}.get(str(f.type).split(" ")[0], str)
             p.add_argument(*flags, dest=f.name, type=kind, default=None, help=help, choices=choices.get(f.name))
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, assignments_dest="assignments")
 
 
 def run(args: argparse.Namespace) -> int:
