@@ -40,6 +40,8 @@ class SuiteSpec:
     max_new_tokens: int
     # kind "task": items {"instruction", "input", "label": str}; correct(response, label) -> bool
     correct: Callable[[str, str], bool] | None = None
+    # the one judge that can read this suite's answers (the toy world's language: "toy"); None: any
+    judge: str | None = None
 
 
 SUITES = {
@@ -155,3 +157,9 @@ def _attach_references(items: list[dict], ref_path: Path) -> None:
         item["reference"] = refs.get(item["question_id"])
 
 
+
+
+def suite_judge(name: str) -> str | None:
+    """The judge a suite's answers need (``SuiteSpec.judge``); None for any judge or an unknown suite."""
+    spec = SUITES.get(name) or next((s for r in _RESOLVERS if (s := r(name)) is not None), None)
+    return spec.judge if spec is not None else None

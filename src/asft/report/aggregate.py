@@ -16,7 +16,10 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
 
 
 def aggregate(rows: Sequence[dict]) -> list[dict]:
-    """One row per setting (method, lambda, form, task, n, p): mean and std of hs and fa over seeds."""
+    """One row per setting (method, lambda, form, task, n, p): mean and std of hs and fa over seeds, and
+    where the runs' per-prompt scores (``items``) are known, their standard errors (``hs_se``, ...)."""
+    from asft.report.uncertainty import standard_error
+
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
         groups.setdefault((r["group"], r["task"], r.get("n"), r.get("p")), []).append(r)
@@ -33,6 +36,14 @@ def aggregate(rows: Sequence[dict]) -> list[dict]:
         if all("hs_rejudged" in r for r in rs):  # a second judge's HS (asft report --rejudge)
             again, again_std = _mean_std([r["hs_rejudged"] for r in rs])
             row.update(hs_rejudged=round(again, 2), hs_rejudged_std=round(again_std, 2))
+        items = {}  # per seed, the per-prompt scores behind each number (asft.report.uncertainty)
+        for key in ("hs", "fa", "hs_rejudged"):
+            seeds = [r.get("items", {}).get(key) for r in sorted(rs, key=lambda r: r.get("seed") or 0)]
+            if seeds and all(seeds):
+                items[key] = seeds
+                row[f"{key}_se"] = standard_error(seeds)
+        if items:
+            row["items"] = items
         eig = [r["c_max_eig"] for r in rs if "c_max_eig" in r]
         if eig:
             row["c_max_eig"] = round(statistics.fmean(eig), 4)
@@ -42,9 +53,10 @@ def aggregate(rows: Sequence[dict]) -> list[dict]:
 
 def results_document(config: dict, rows: Sequence[dict], runs: Sequence[dict] | None = None) -> dict:
     """The versioned ``results.json`` document."""
-    doc = {"version": 1, "config": config, "rows": list(rows)}
+    strip = lambda rs: [{k: v for k, v in r.items() if k != "items"} for r in rs]  # noqa: E731 (per-prompt lists)
+    doc = {"version": 1, "config": config, "rows": strip(rows)}
     if runs is not None:
-        doc["runs"] = list(runs)
+        doc["runs"] = strip(runs)
     return doc
 
 

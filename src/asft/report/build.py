@@ -52,8 +52,13 @@ def collect_rows(dirs: Sequence[str | Path], rejudge: str | None = None) -> list
             row = read_json(path)
             if not isinstance(row, dict) or not {"method", "task", "hs", "group"} <= set(row):
                 raise AsftError(f"{path}: not a run row (needs method, task, group, hs)")
+            from asft.report.uncertainty import run_items
+
+            row["items"] = run_items(path.parent / "eval")  # per-prompt scores: standard errors, intervals
             if judge is not None:
-                row["hs_rejudged"] = rejudged_hs(path.parent / "eval", judge)
+                flags = rejudged_flags(path.parent / "eval", judge)
+                row["hs_rejudged"] = round(100 * sum(flags) / len(flags), 2)
+                row["items"]["hs_rejudged"] = flags
             rows.append(row)
     if not rows:
         raise AsftError(f"no finished runs (row.json) under {', '.join(str(d) for d in dirs)}")
@@ -63,6 +68,15 @@ def collect_rows(dirs: Sequence[str | Path], rejudge: str | None = None) -> list
 def rejudged_hs(eval_dir: Path, judge: "Judge") -> float:
     """HS (%) of the harmful-suite answers stored in ``eval_dir`` (an `asft eval` folder), judged by
     ``judge`` (an offline keyword judge)."""
+    flags = rejudged_flags(eval_dir, judge)
+    return round(100 * sum(flags) / len(flags), 2)
+
+
+def rejudged_flags(eval_dir: Path, judge: "Judge") -> list[int]:
+    """The 0/1 flags ``judge`` gives the harmful-suite answers stored in ``eval_dir``, in prompt order.
+    Refused for a suite whose answers only its own judge can read (the toy language: ``SuiteSpec.judge``)."""
+    from asft.evaluation.suites import suite_judge
+
     suites = []
     for res in sorted(eval_dir.glob("*.result.json")):
         summary = read_json(res).get("summary", {})
@@ -77,8 +91,14 @@ def rejudged_hs(eval_dir: Path, judge: "Judge") -> float:
     records = read_json(suites[0])
     if not records or not all(isinstance(r, dict) and "response" in r and "instruction" in r for r in records):
         raise AsftError(f"{suites[0]}: not an `asft eval` answer file (records with instruction and response)")
+    suite = suites[0].name.split(".")[0]
+    only = suite_judge(suite)
+    if only is not None and only != judge.name:
+        raise AsftError(f"{suites[0]}: the {suite} answers can only be judged by the {only} judge (its language "
+                        f"is not the one the {judge.name} judge reads), not rejudged by {judge.name}")
+    records = sorted(records, key=lambda r: r.get("i", 0))
     verdicts = judge([r["instruction"] for r in records], [r["response"] for r in records])
-    return round(100 * sum(v.flagged for v in verdicts) / len(records), 2)
+    return [int(bool(v.flagged)) for v in verdicts]
 
 
 def _takes_lambda(row: dict) -> bool:
@@ -122,13 +142,16 @@ def write_report(runs: list[dict], out: str | Path, paper: str | Path | None = N
             verdicts += lines
             if lines:
                 md += [f"\nEach method against the l2 control and SFT ({t}):\n\n"] + [f"- {x}\n" for x in lines]
+            md += _uncertainty(_cell_rows(table, t, n, p), t)
         if rejudged_by:
-            again = [{**r, "hs": r["hs_rejudged"], "hs_std": r.get("hs_rejudged_std")} for r in table]
+            again = [{**r, "hs": r["hs_rejudged"], "hs_std": r.get("hs_rejudged_std"), "hs_se": r.get("hs_rejudged_se"),
+                      "items": {**r.get("items", {}), "hs": r.get("items", {}).get("hs_rejudged")}} for r in table]
             md += [f"\nThe same answers, HS by the judge {rejudged_by}:\n\n", main_table(again, n, p)]
             for t in tasks:
                 lines = verdict(_cell_rows(again, t, n, p))
                 if lines:
                     md += [f"\nEach method against the l2 control and SFT ({t}, {rejudged_by}):\n\n"] + [f"- {x}\n" for x in lines]
+                md += _uncertainty(_cell_rows(again, t, n, p), f"{t}, {rejudged_by}")
     plots: list[Path] = []
     for t in tasks:
         for by in ("p", "n"):
@@ -164,6 +187,29 @@ def write_report(runs: list[dict], out: str | Path, paper: str | Path | None = N
     write_text(out / "report.html", to_html(text, plots, title))
     doc["plots"] = [str(p) for p in plots]
     return doc
+
+
+def _uncertainty(rows: list[dict], where: str) -> list[str]:
+    """The standard errors over prompts of a cell's numbers and the paired intervals beside its verdicts."""
+    from asft.report.tables import interval_lines, label, sort_key
+
+    rows = sorted((r for r in rows if r.get("hs_se") is not None), key=sort_key)
+    if not rows:
+        return []
+    md = [f"\nStandard errors over prompts ({where}; lm-eval's, for a mean over seeds):\n\n",
+          "| setting | HS % | HS se | FA % | FA se |\n|---|---|---|---|---|\n"]
+
+    def num(r: dict, key: str, digits: int) -> str:
+        return "-" if r.get(key) is None else f"{r[key]:.{digits}f}"
+
+    md += [f"| {label(r)} | {num(r, 'hs', 1)} | {num(r, 'hs_se', 2)} | {num(r, 'fa', 1)} | {num(r, 'fa_se', 2)} |\n"
+           for r in rows]
+    lines = interval_lines(rows)
+    if lines:
+        md += [f"\nDifferences with paired 95% intervals over prompts and seeds ({where}; an interval that "
+               "excludes 0 is not explained by which prompts and seeds were drawn):\n\n"]
+        md += [f"- {x}\n" for x in lines]
+    return md
 
 
 def to_html(markdown: str, plots: Sequence[Path], title: str) -> str:

@@ -164,6 +164,57 @@ def verdict(rows: Sequence[dict]) -> list[str]:
     return lines
 
 
+def _interval(a: dict, b: list[dict], weights: list[float], key: str) -> str | None:
+    """``key`` of ``a`` minus the ``weights`` mix of ``b``, with its paired 95% interval over prompts and
+    seeds; None without per-prompt scores for every side."""
+    from asft.report.uncertainty import paired_interval
+
+    if a.get(key) is None or any(r.get(key) is None for r in b):
+        return None
+    sides = [r.get("items", {}).get(key) for r in (a, *b)]
+    if not all(sides):
+        return None
+    iv = paired_interval(sides[0], sides[1:], weights_b=weights)
+    if iv is None:
+        return None
+    diff = a[key] - sum(w * r[key] for w, r in zip(weights, b))
+    return f"{key.upper()} {diff:+.1f} [{iv[0]:+.1f}, {iv[1]:+.1f}]"
+
+
+def interval_lines(rows: Sequence[dict]) -> list[str]:
+    """Beside each verdict (same pairs: the control's curve at the method's FA, the matched control, SFT),
+    the differences of HS and FA with their paired 95% intervals over prompts and seeds
+    (``asft.report.uncertainty.paired_interval``). An interval that excludes 0 is a difference the
+    sampling of prompts and seeds does not explain; with one seed it covers the prompts only."""
+    control, plain = control_method().name, plain_method().name
+    controls = [r for r in rows if r["method"] == control]
+    sft = next((r for r in rows if r["method"] == plain), None)
+    curve = control_curve(rows) if controls else []
+    lines = []
+    for r in sorted((r for r in rows if r["method"] not in (control, plain) and fine_tuned(r)), key=sort_key):
+        if "items" not in r:
+            continue
+        pairs = []
+        at = on_curve(curve, r["fa"]) if curve and r.get("fa") is not None else None
+        if at is not None:
+            _, _, lo, hi = at
+            t = 0.0 if hi["fa"] == lo["fa"] else (r["fa"] - lo["fa"]) / (hi["fa"] - lo["fa"])
+            pairs.append((f"the {control} curve at FA {r['fa']:.1f}", [lo, hi], [1 - t, t], ("hs",)))
+        c = _matched_control(r, controls)
+        if c is not None:
+            pairs.append((label(c), [c], [1.0], ("hs", "fa")))
+        if sft is not None:
+            pairs.append((label(sft), [sft], [1.0], ("hs", "fa")))
+        parts = []
+        for name, b, w, keys in pairs:
+            got = [x for k in keys if (x := _interval(r, b, w, k)) is not None]
+            if got:
+                parts.append(f"vs {name}: {', '.join(got)}")
+        if parts:
+            lines.append(f"{label(r)}: " + "; ".join(parts))
+    return lines
+
+
 def markdown_cells(line: str) -> list[str] | None:
     """The cells of a markdown table row; None for the ``|---|---|`` separator row."""
     cells = [c.strip() for c in line.strip().strip("|").split("|")]
@@ -244,7 +295,7 @@ def sweep_table(rows: Sequence[dict], task: str, by: str = "p", key: str = "hs")
 
 
 CSV_FIELDS = ("task", "n", "p", "method", "form", "lambda", "group", "hs", "hs_std", "fa", "fa_std", "seeds",
-              "c_max_eig", "hs_rejudged", "hs_rejudged_std")
+              "c_max_eig", "hs_rejudged", "hs_rejudged_std", "hs_se", "fa_se", "hs_rejudged_se")  # new columns last
 
 
 def to_csv(rows: Sequence[dict]) -> str:

@@ -17,7 +17,7 @@ HARMFUL_MAX_NEW, TASK_MAX_NEW = 64, 32
 
 def resolve(name: str) -> SuiteSpec | None:
     if name == "toy-harmful":
-        return SuiteSpec(name, "harmful", "harmful.json", HARMFUL_MAX_NEW)
+        return SuiteSpec(name, "harmful", "harmful.json", HARMFUL_MAX_NEW, judge="toy")  # the toy language
     if name.startswith("toy-") and len(name) > 4:
         return SuiteSpec(name, "task", f"{name[4:]}.json", TASK_MAX_NEW, correct=task_correct)
     return None
