@@ -1,6 +1,7 @@
 """The verdict against the l2 control: wins, losses and ties judged against the seed spread."""
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -205,3 +206,42 @@ def test_exported_answers_are_judged_again_without_the_runs(tmp_path):
     (tmp_path / "runs" / "sst2" / "sft-s1" / "eval" / "sst2.jsonl").unlink()
     with pytest.raises(AsftError, match=r"sft-s1/eval/sst2.jsonl: the answers behind sst2.result.json are missing"):
         export_answers([tmp_path / "runs"], tmp_path / "other")
+
+
+def test_report_output_off_a_terminal_is_not_wrapped_and_names_only_what_it_wrote(tmp_path):
+    """Before: rich hard-wrapped results.md at 80 columns when stdout was a pipe (a table row broke in
+    two) and the last line said plots/ although a one-cell run wrote no chart."""
+    import subprocess
+    import sys
+
+    for s in (0, 1):
+        _run_folder(tmp_path / "runs", f"sft-s{s}", _run("sst2", "sft", s, 50.0 + s, 90.0), ["Sure"] * 4)
+    res = subprocess.run([sys.executable, "-m", "asft", "report", str(tmp_path / "runs"), "--out", str(tmp_path / "rep"),
+                          "--title", "a title [with brackets] that rich would eat as markup"],
+                         capture_output=True, text=True, env={k: v for k, v in os.environ.items() if k != "COLUMNS"})
+    assert res.returncode == 0, res.stderr
+    md = (tmp_path / "rep" / "results.md").read_text()
+    assert md in res.stdout  # byte for byte: no wrapping, no markup
+    assert max(len(line) for line in md.splitlines()) > 80
+    assert "plots/" not in res.stdout.splitlines()[-1] and not (tmp_path / "rep" / "plots").exists()
+
+
+def test_tradeoff_chart_zooms_to_the_points_and_its_labels_do_not_overlap(tmp_path):
+    """Before: fixed 0-100 axes put every point of a real table in one corner and the lambda labels of
+    close points were drawn over each other."""
+    from asft.report.charts import tradeoff_chart
+
+    rows = [_row("aligned", 0, 18.0, 0, 39.9, 0), _row("sft", 0, 70.8, 1.0, 74.1, 0.5)]
+    for i, lam in enumerate((1, 3, 10, 30, 100, 300, 1000)):  # a crowded curve: 1-2 points apart
+        rows.append(_row("l2", lam, 70 - 1.5 * i, 1.0, 74 - 0.4 * i, 0.3))
+        rows.append(_row("asft", lam, 70.5 - 1.5 * i, 1.0, 74.2 - 0.4 * i, 0.3, form="reference"))
+    layout = {}
+    tradeoff_chart(rows, tmp_path / "c.png", title="crowded", layout=layout)
+    assert (tmp_path / "c.png").stat().st_size > 10_000
+    boxes = layout["labels"]
+    assert len(boxes) == 14
+    for i, a in enumerate(boxes):
+        for b in boxes[i + 1:]:
+            assert min(a.x1, b.x1) <= max(a.x0, b.x0) or min(a.y1, b.y1) <= max(a.y0, b.y0), (a, b)
+    (x0, x1), (y0, y1) = layout["xlim"], layout["ylim"]
+    assert 35 < x0 < 39.9 and 74.2 < x1 < 80 and 10 < y0 < 18 and 71.8 < y1 < 78  # the data's range, padded

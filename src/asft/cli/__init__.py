@@ -45,6 +45,23 @@ def at_least(low: int):
     return parse
 
 
+def console():
+    """The commands' rich console. Off a terminal (a pipe, a file, CI logs) it does not wrap: rich would
+    hard-wrap tables and lines at 80 columns, breaking a markdown table row into two."""
+    import os
+
+    from rich.console import Console
+
+    tty = sys.stdout.isatty()
+    return Console(soft_wrap=not tty, width=None if tty or os.environ.get("COLUMNS") else 100_000)
+
+
+def print_markdown(text: str) -> None:
+    """A report's markdown as written (no rich markup: ``[0.1, 1]`` or ``**`` stay as they are)."""
+    sys.stdout.write(text if text.endswith("\n") else text + "\n")
+    sys.stdout.flush()
+
+
 class HelpFormatter(argparse.HelpFormatter):
     """Wraps descriptions to the terminal; keeps an ``example:`` epilog's lines as written."""
 

@@ -42,7 +42,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rich.console import Console
+    from asft.cli import console as make_console
 
     from asft.training.align import AlignConfig, align, reference_files
 
@@ -57,8 +57,8 @@ def run(args: argparse.Namespace) -> int:
                       overwrite=args.overwrite)
     rec = align(cfg)
     if rec["resumed_at"]:
-        Console().print(f"resumed at step {rec['resumed_at']} of {rec['steps']}")
-    Console().print(f"aligned model in {args.out}: {rec['harmful_used']} refusals + {rec['benign_used']} benign "
+        make_console().print(f"resumed at step {rec['resumed_at']} of {rec['steps']}")
+    make_console().print(f"aligned model in {args.out}: {rec['harmful_used']} refusals + {rec['benign_used']} benign "
                     f"answers ({rec['benign_targets']}), {rec['steps']} steps, loss {rec['loss_first']} -> "
                     f"{rec['loss_last']}; {rec['excluded_overlap']} harmful requests dropped for overlapping "
                     f"the excluded prompts. Next: asft anchor --base {args.model} --aligned {args.out} ...")

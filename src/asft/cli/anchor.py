@@ -64,7 +64,7 @@ def _fmt(x: float) -> str:
 
 
 def _inspect(args: argparse.Namespace) -> int:
-    from rich.console import Console
+    from asft.cli import console as make_console
     from rich.table import Table
 
     from asft.models.anchor import NEAR_ZERO_EIG, inspect_anchor, load_anchor
@@ -86,7 +86,7 @@ def _inspect(args: argparse.Namespace) -> int:
             " ".join(_fmt(s) for s in r["singular_values"]), _fmt(r["c_max_eig"]),
             f"{r['energy_top_k']:.1%}",
         )
-    console = Console()
+    console = make_console()
     if not console.is_terminal:  # piped to a file: no need to squeeze the table into 80 columns
         console = Console(width=200)
     console.print(table)

@@ -52,7 +52,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_safety(args: argparse.Namespace) -> int:
-    from rich.console import Console
+    from asft.cli import console as make_console
 
     from asft.training.align import AlignConfig, build_examples, reference_files
     from asft.fileio import write_json
@@ -65,13 +65,13 @@ def run_safety(args: argparse.Namespace) -> int:
                       benign_targets="data", seed=args.seed)
     rows, report = build_examples(cfg)
     write_json(args.out, rows)
-    Console().print(f"wrote {len(rows)} safety demonstrations to {args.out} (pool {report['harmful_pool']} harmful "
+    make_console().print(f"wrote {len(rows)} safety demonstrations to {args.out} (pool {report['harmful_pool']} harmful "
                     f"requests, {report['excluded_overlap']} dropped for overlapping the excluded prompts)")
     return 0
 
 
 def run_mix(args: argparse.Namespace) -> int:
-    from rich.console import Console
+    from asft.cli import console as make_console
 
     from asft.training.align import split_pools
     from asft.data import load_records, mix_records
@@ -86,12 +86,12 @@ def run_mix(args: argparse.Namespace) -> int:
     rows = mix_records(task, harmful, args.n, args.p, seed=args.seed, add=args.add_harmful)
     write_json(args.out, rows)
     n_harm = round(args.n * args.p)
-    Console().print(f"wrote {len(rows)} records ({n_harm} harmful, {len(rows) - n_harm} task) to {args.out}")
+    make_console().print(f"wrote {len(rows)} records ({n_harm} harmful, {len(rows) - n_harm} task) to {args.out}")
     return 0
 
 
 def run_inspect(args: argparse.Namespace) -> int:
-    from rich.console import Console
+    from asft.cli import console as make_console
 
     from asft.data import inspect_records, load_records
 
@@ -102,7 +102,7 @@ def run_inspect(args: argparse.Namespace) -> int:
 
         tok = load_tokenizer(args.tokenizer)
     st = inspect_records(records, tok, args.template)
-    console = Console()
+    console = make_console()
     console.print(f"{args.file}: {st['records']} records, {st['harmful']} harmful (p = {st['harmful_ratio']:.3f}), "
                   f"{st['with_input']} with an input; {st['duplicate_records']} duplicate records, "
                   f"{st['duplicate_requests']} repeated requests")

@@ -27,13 +27,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rich.console import Console
+    from asft.cli import console as make_console
     from rich.table import Table
 
     from asft.experiments.demo import run_demo
     from asft.report import label
 
-    console = Console()
+    console = make_console()
     doc = run_demo(args.out, size=args.size, world_seed=args.world_seed, seeds=args.seeds,
                    lambdas=args.lambdas, cache_dir=args.cache_dir, log=console.print, workers=args.workers)
     n = len(doc["config"]["seeds"])
@@ -52,6 +52,7 @@ def run(args: argparse.Namespace) -> int:
         console.print(f"safety landscape ({doc['landscape']['seconds']:.0f}s): {', '.join(doc['landscape']['pictures'])}")
         for line in doc["landscape"]["summary"]:
             console.print(f"- {line}")
+    plots = f"plots/ ({len(doc['plots'])} charts), " if doc.get("plots") else ""
     console.print(f"done in {doc['config']['seconds']:.0f}s ({doc['config']['workers']} runs at a time); "
-                  f"results.json, results.md, plots/, report.html and demo.yaml (the config it ran) in {args.out}")
+                  f"results.json, results.md, {plots}report.html and demo.yaml (the config it ran) in {args.out}")
     return 0

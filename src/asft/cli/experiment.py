@@ -38,11 +38,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from rich.console import Console
+    from asft.cli import console as make_console, print_markdown
 
     from asft.experiments.plan import load_plan, parse_shard, run_experiment
 
-    console = Console()
+    console = make_console()
     allow = [*args.allow_plugin, *getattr(args, "plugin", [])]  # --plugin MODULE was imported already
     if args.dry_run:
         index, count = parse_shard(args.shard)
@@ -62,7 +62,8 @@ def run(args: argparse.Namespace) -> int:
                          on_row=on_row, allow_plugins=allow, report_to=args.report_to,
                          overrides=args.overrides)
     if res["report"] is not None:
-        console.print(Path(args.out, "results.md").read_text(encoding="utf-8"))
+        print_markdown(Path(args.out, "results.md").read_text(encoding="utf-8"))
+        plots = res["report"].get("plots") or []
         console.print(f"{res['total']} runs in {res['seconds']:.0f}s; results.json, results.csv, results.md, "
-                      f"plots/ and report.html in {args.out}")
+                      + (f"plots/ ({len(plots)} charts), " if plots else "") + f"report.html in {args.out}")
     return 0

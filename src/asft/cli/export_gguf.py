@@ -26,11 +26,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rich.console import Console
+    from asft.cli import console as make_console
 
     from asft.models.gguf_export import export_gguf
 
     rec = export_gguf(args.model, args.out, adapter=args.adapter, dtype=args.dtype)
-    Console().print(f"{rec['architecture']}: {rec['tensors']} tensors in {rec['dtype']}, "
+    make_console().print(f"{rec['architecture']}: {rec['tensors']} tensors in {rec['dtype']}, "
                     f"{rec['bytes'] / 1e6:.1f} MB written to {rec['file']}; tokenizer {rec['tokenizer']}")
     return 0

@@ -23,12 +23,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rich.console import Console
+    from asft.cli import console as make_console
 
     from asft.models.gguf import import_gguf
 
     rec = import_gguf(args.files, args.out, dtype=args.dtype, overwrite=args.overwrite)
-    console = Console()
+    console = make_console()
     console.print(f"{rec['architecture']} ({rec['parameters'] / 1e6:.1f}M parameters, {rec['dtype']}) "
                   f"written to {args.out} in {rec['seconds']:.0f}s; logits match the GGUF model "
                   f"(max |diff| {rec['max_abs_logit_diff']:.2g})")

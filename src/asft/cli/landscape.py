@@ -47,11 +47,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rich.console import Console
+    from asft.cli import console as make_console
 
     from asft.experiments.landscape import run_landscape
 
-    console = Console()
+    console = make_console()
     doc = run_landscape(args.model, args.anchor, args.out, dirs=[d for d in args.dirs.split(",") if d],
                         span=tuple(args.range), steps=args.steps, two_d=args.two_d, data_dir=args.data_dir,
                         suite=args.suite, task_suite=args.task_suite, judge=args.judge, template=args.template,

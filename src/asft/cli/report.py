@@ -33,15 +33,16 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from rich.console import Console
+    from asft.cli import console as make_console, print_markdown
 
     from asft.report import collect_rows, write_report
 
     rows = collect_rows(args.dirs, rejudge=args.rejudge)
-    write_report(rows, args.out, paper=args.paper, title=args.title, rejudged_by=args.rejudge)
-    console = Console()
-    console.print((Path(args.out) / "results.md").read_text())
-    console.print(f"{len(rows)} runs: results.json, results.csv, results.md, plots/, report.html in {args.out}")
+    console = make_console()
+    doc = write_report(rows, args.out, paper=args.paper, title=args.title, rejudged_by=args.rejudge)
+    print_markdown((Path(args.out) / "results.md").read_text(encoding="utf-8"))
+    plots = f"plots/ ({len(doc['plots'])} charts), " if doc["plots"] else ""  # only when it wrote some
+    console.print(f"{len(rows)} runs: results.json, results.csv, results.md, {plots}report.html in {args.out}")
     if args.answers:
         from asft.report.answers import ANSWERS, export_answers
 

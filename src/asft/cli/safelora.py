@@ -34,7 +34,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rich.console import Console
+    from asft.cli import console as make_console
     from rich.table import Table
 
     from asft.methods.safelora import default_num, safelora_adapter
@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
         sim = "-" if r["similarity"] is None else f"{r['similarity']:.4f}"
         norms = f"{r['norm_before']:.4g}" + (f" -> {r['norm_after']:.4g}" if r["projected"] else "")
         table.add_row(r["module"], sim, "yes" if r["projected"] else "no", norms)
-    console = Console()
+    console = make_console()
     console.print(table)
     num = default_num(len(rows)) if args.num is None else args.num
     rule = f"the {num} lowest similarities" if args.select == "number" else f"similarity <= {args.threshold:g}"

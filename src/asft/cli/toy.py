@@ -38,11 +38,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_build(args: argparse.Namespace) -> int:
-    from rich.console import Console
+    from asft.cli import console as make_console
 
     from asft.toy import build_world
 
-    console = Console()
+    console = make_console()
     console.print(f"building the {args.size} toy world (seed {args.seed}) in {args.out}")
     world = build_world(args.out, seed=args.seed, size=args.size, overwrite=args.overwrite,
                         progress=True, corpus=not args.no_corpus)
@@ -55,7 +55,7 @@ def run_build(args: argparse.Namespace) -> int:
 
 
 def run_mix(args: argparse.Namespace) -> int:
-    from rich.console import Console
+    from asft.cli import console as make_console
 
     from asft.fileio import write_json
     from asft.toy import World
@@ -68,5 +68,5 @@ def run_mix(args: argparse.Namespace) -> int:
     else:
         path = world.make_mix(args.task, args.n, args.p, seed=args.seed)
     n_harm = round(args.n * args.p)
-    Console().print(f"wrote {args.n} records ({n_harm} harmful) to {path}")
+    make_console().print(f"wrote {args.n} records ({n_harm} harmful) to {path}")
     return 0

@@ -65,7 +65,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rich.console import Console
+    from asft.cli import console as make_console
 
     from asft.errors import AsftError
     from asft.training.config import TrainConfig, options, parse_assignments
@@ -86,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
         if not getattr(cfg, key):
             raise AsftError(f"--{key} is required (on the command line or in --config)")
     res = train(cfg)
-    console = Console()
+    console = make_console()
     console.print(f"[bold]{cfg.method}[/] done: {res.steps} steps in {res.seconds:.1f}s, "
                   f"task loss {res.task_loss:.4f}, penalty {res.penalty:.4f}; "
                   f"{res.n_truncated} of {res.n_examples + res.n_dropped} examples truncated to "
