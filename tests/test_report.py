@@ -114,7 +114,8 @@ def test_report_tables_csv_html_and_paper_numbers(tmp_path):
     runs += [_run("agnews", "sft", 0, hs, 80.0, p=p) for p, hs in ((0.0, 3.0), (0.1, 20.0))]
     runs += [{"method": "aligned", "lambda": 0, "form": None, "task": "sst2", "hs": 5.0, "fa": 80.0, "seed": 0,
               "group": "aligned"}]
-    doc = write_report(runs, tmp_path / "rep", paper=tmp_path / "paper.md", title="t")
+    doc = write_report(runs, tmp_path / "rep", paper=tmp_path / "paper.md", title="t",
+                       config={"judge": "keyword", "seeds": [0, 1]})
     md = (tmp_path / "rep" / "results.md").read_text()
     # main table at n=1000, p=0.1: SFT mean 45 ± 7.1; best HS (asft 10.0) and best FA (l2 91.0) in bold
     assert "| SFT | **20.0** / **80.0** | 45.0 ± 7.1 / 90.0 |" in md  # columns: agnews (one method), sst2
@@ -129,7 +130,12 @@ def test_report_tables_csv_html_and_paper_numbers(tmp_path):
     assert csv[0].startswith("task,n,p,method,form,lambda,group,hs,hs_std")
     assert any(line.startswith("sst2,1000,0.1,asft,reference,1,asft-reference-lam1,10.0,0.0,88.5,0.71") for line in csv)
     html = (tmp_path / "rep" / "report.html").read_text()
-    assert "<b>10.0</b>" in html and html.count("data:image/png;base64,") == len(doc["plots"]) >= 1
+    assert "<strong>10.0</strong>" in html and html.count("data:image/png;base64,") == len(doc["plots"]) >= 1
+    # markdown-it renders tables, lists and the config block; every chart has a caption, not a file name
+    assert html.count("<table>") == sum(line.startswith("|---") for line in md.splitlines()) >= 5
+    assert '<code class="language-yaml">' in html and "judge: keyword" in html  # the config, as provenance
+    assert html.count("<figcaption>") == len(doc["plots"]) and "HS and FA of each method against p" in html
+    assert "## Provenance" in md and "by asft " in md and "HS judge:" in md
     assert json.loads((tmp_path / "rep" / "results.json").read_text())["version"] == 1
 
 

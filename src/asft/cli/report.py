@@ -39,7 +39,8 @@ def run(args: argparse.Namespace) -> int:
 
     rows = collect_rows(args.dirs, rejudge=args.rejudge)
     console = make_console()
-    doc = write_report(rows, args.out, paper=args.paper, title=args.title, rejudged_by=args.rejudge)
+    doc = write_report(rows, args.out, paper=args.paper, title=args.title, rejudged_by=args.rejudge,
+                       config={"runs": [str(Path(d).resolve()) for d in args.dirs]})  # provenance: the sources
     print_markdown((Path(args.out) / "results.md").read_text(encoding="utf-8"))
     plots = f"plots/ ({len(doc['plots'])} charts), " if doc["plots"] else ""  # only when it wrote some
     console.print(f"{len(rows)} runs: results.json, results.csv, results.md, {plots}report.html in {args.out}")

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import base64
 import html
-import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
 from asft.errors import AsftError
 from asft.fileio import read_json, write_json, write_text
 from asft.methods import method_of
-from asft.report.tables import fine_tuned, markdown_cells
+from asft.report.tables import fine_tuned
 
 if TYPE_CHECKING:
     from asft.evaluation.judges import Judge
@@ -152,7 +151,7 @@ def write_report(runs: list[dict], out: str | Path, paper: str | Path | None = N
                 if lines:
                     md += [f"\nEach method against the l2 control and SFT ({t}, {rejudged_by}):\n\n"] + [f"- {x}\n" for x in lines]
                 md += _uncertainty(_cell_rows(again, t, n, p), f"{t}, {rejudged_by}")
-    plots: list[Path] = []
+    plots: list[tuple[Path, str]] = []  # (file, caption)
     for t in tasks:
         for by in ("p", "n"):
             if len({r.get(by) for r in table if r["task"] == t and fine_tuned(r)}) > 1:
@@ -160,14 +159,15 @@ def write_report(runs: list[dict], out: str | Path, paper: str | Path | None = N
                        f"\n## {t}: FA against {by}\n\n", sweep_table(table, t, by, "fa")]
                 chart = sweep_chart(table, t, by, out / "plots" / f"{t}_{by}.png")
                 if chart:
-                    plots.append(chart)
+                    plots.append((chart, f"{t}: HS and FA of each method against {by} (mean ± std over seeds)"))
         for n, p in cells:
             # the lambda curves of the methods with lambda, every other method (and the aligned
             # model) as one point
             cell = [r for r in table if r["task"] == t and ((r.get("n"), r.get("p")) == (n, p) or not fine_tuned(r))]
             if len({r["lambda"] for r in cell if _takes_lambda(r)}) > 1:
-                plots.append(tradeoff_chart(cell, out / "plots" / f"{t}_n{n}_p{p:g}_tradeoff.png",
-                                            title=f"{t}, n = {n}, p = {p:g}: HS vs FA over λ"))
+                caption = f"{t}, n = {n}, p = {p:g}: HS against FA, each method with λ as a line through its λ values"
+                plots.append((tradeoff_chart(cell, out / "plots" / f"{t}_n{n}_p{p:g}_tradeoff.png",
+                                             title=f"{t}, n = {n}, p = {p:g}: HS vs FA over λ"), caption))
     md += ["\n## Every run (train and evaluation time as measured)\n\n", runs_table(runs)]
     if paper is not None:
         numbers = load_paper_numbers(paper)
@@ -175,6 +175,7 @@ def write_report(runs: list[dict], out: str | Path, paper: str | Path | None = N
         md += ["\n## The paper's numbers\n\n"]
         md += [beside] if beside else ["No run here matches a setting of the paper's tables (tasks sst2, "
                                        "agnews, gsm8k, alpaca at n = 1000, p = 0.1).\n"]
+    md += _provenance(config or {}, rejudged_by)
     text = "".join(md)
     out.mkdir(parents=True, exist_ok=True)
     doc = results_document(config or {}, table, runs=runs)
@@ -185,8 +186,32 @@ def write_report(runs: list[dict], out: str | Path, paper: str | Path | None = N
     write_text(out / "results.csv", to_csv(table))
     write_text(out / "results.md", text)
     write_text(out / "report.html", to_html(text, plots, title))
-    doc["plots"] = [str(p) for p in plots]
+    doc["plots"] = [str(p) for p, _ in plots]
     return doc
+
+
+def _provenance(config: dict, rejudged_by: str | None) -> list[str]:
+    """Where the numbers come from: when and with what this report was made, the judges, the config."""
+    import datetime
+
+    import yaml
+
+    from asft import __version__
+    from asft.runtime import environment
+
+    env = environment()
+    judge = config.get("judge")
+    judge = judge.get("name") if isinstance(judge, dict) else judge
+    lines = ["\n## Provenance\n\n",
+             f"- written {datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')} by asft "
+             f"{__version__} (torch {env['torch']}, transformers {env['transformers']}, peft {env['peft']}, "
+             f"python {env['python']}, {env['machine']} {env['cpu_capability']})\n",
+             f"- HS judge: {judge or 'as recorded in each run (eval/*.result.json)'}"
+             + (f"; second HS from the same answers: {rejudged_by}" if rejudged_by else "") + "\n"]
+    if config:
+        shown = {k: v for k, v in config.items() if k not in ("safety_overlap",)}
+        lines += ["- config:\n\n```yaml\n", yaml.safe_dump(shown, sort_keys=False, allow_unicode=True), "```\n"]
+    return lines
 
 
 def _uncertainty(rows: list[dict], where: str) -> list[str]:
@@ -212,43 +237,20 @@ def _uncertainty(rows: list[dict], where: str) -> list[str]:
     return md
 
 
-def to_html(markdown: str, plots: Sequence[Path], title: str) -> str:
-    """One self-contained page: the markdown's headings, tables and lists, then the plots inlined."""
-    body, table = [], []
+def to_html(markdown: str, plots: Sequence[tuple[Path, str]], title: str) -> str:
+    """One self-contained page: the markdown rendered by markdown-it-py (CommonMark + tables; raw HTML
+    in the text is escaped, not passed through), then the charts inlined with their captions."""
+    from markdown_it import MarkdownIt
 
-    def flush():
-        if table:
-            head, *rest = table
-            body.append("<table><tr>" + "".join(f"<th>{_inline(c)}</th>" for c in head) + "</tr>"
-                        + "".join("<tr>" + "".join(f"<td>{_inline(c)}</td>" for c in r) + "</tr>" for r in rest)
-                        + "</table>")
-            table.clear()
-
-    for line in markdown.splitlines():
-        if line.startswith("|"):
-            cells = markdown_cells(line)
-            if cells is not None:
-                table.append(cells)
-            continue
-        flush()
-        if line.startswith("#"):
-            level = min(len(line) - len(line.lstrip("#")), 3)
-            body.append(f"<h{level}>{_inline(line.lstrip('#').strip())}</h{level}>")
-        elif line.startswith("- "):
-            body.append(f"<ul><li>{_inline(line[2:])}</li></ul>")
-        elif line.strip():
-            body.append(f"<p>{_inline(line)}</p>")
-    flush()
-    for p in plots:
+    body = MarkdownIt("commonmark", {"html": False}).enable("table").render(markdown)
+    figures = []
+    for p, caption in plots:
         data = base64.b64encode(Path(p).read_bytes()).decode()
-        body.append(f'<figure><img alt="{html.escape(p.name)}" src="data:image/png;base64,{data}">'
-                    f"<figcaption>{html.escape(p.name)}</figcaption></figure>")
+        figures.append(f'<figure><img alt="{html.escape(caption)}" src="data:image/png;base64,{data}">'
+                       f"<figcaption>{html.escape(caption)} ({html.escape(Path(p).name)})</figcaption></figure>")
     style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}"
              "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #bbb;padding:4px 8px;"
-             "text-align:left}th{background:#eee}img{max-width:100%}")
+             "text-align:left}th{background:#eee}img{max-width:100%}pre{background:#f6f6f6;padding:8px;"
+             "overflow-x:auto}figcaption{font-size:90%;color:#555}")
     return (f"<!doctype html><html><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
-            f"<style>{style}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
-
-
-def _inline(text: str) -> str:
-    return re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", html.escape(text))
+            f"<style>{style}</style></head><body>\n" + body + "\n".join(figures) + "\n</body></html>\n")
