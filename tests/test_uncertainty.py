@@ -8,7 +8,7 @@ import statistics
 
 import pytest
 
-from asft.report.uncertainty import paired_interval, run_items, standard_error
+from asft.report.uncertainty import paired_interval, standard_error
 
 
 def test_standard_error_is_lm_evals_for_one_seed_and_shrinks_with_seeds():

@@ -86,9 +86,7 @@ def _inspect(args: argparse.Namespace) -> int:
             " ".join(_fmt(s) for s in r["singular_values"]), _fmt(r["c_max_eig"]),
             f"{r['energy_top_k']:.1%}",
         )
-    console = make_console()
-    if not console.is_terminal:  # piped to a file: no need to squeeze the table into 80 columns
-        console = Console(width=200)
+    console = make_console()  # piped to a file: not squeezed into 80 columns
     console.print(table)
     over = [r for r in rows if r["c_max_eig"] > 1.0]
     if over:

@@ -218,7 +218,7 @@ def load_plan(path: str | Path, out: str | Path, log: Callable[[str], None] = pr
         if base is None:
             raise AsftError(f"{path}: methods {', '.join(need)} need anchor: FILE or base: DIR")
         anchor = out / "anchor.safetensors"
-    from asft.training.config import TrainConfig, check_dashboards, options as train_options
+    from asft.training.config import check_dashboards, options as train_options
 
     train = raw.get("train") or {}
     if not isinstance(train, dict):
