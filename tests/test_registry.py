@@ -140,3 +140,14 @@ def test_families_import_only_downwards():
             if other in LAYERS and LAYERS[other] > LAYERS[family] and other != family:
                 wrong.append(f"{rel} imports asft.{other}")
     assert not wrong, "\n".join(wrong)
+
+
+def test_every_option_of_every_command_has_help():
+    """Before: asft merge, align, data and report options were listed in --help with no text."""
+    from asft.cli import _leaf_parsers, build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
+    missing = [f"{leaf.prog} {a.option_strings or a.dest}" for leaf in _leaf_parsers(sub)
+               for a in leaf._actions if not a.help and a.dest != "help"]
+    assert missing == []

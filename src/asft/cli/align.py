@@ -24,20 +24,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--harmful", nargs="*", default=[], metavar="FILE", help="more files of harmful records")
     p.add_argument("--benign", nargs="*", default=[], metavar="FILE", help="more files of benign records")
     p.add_argument("--exclude", nargs="*", default=[], metavar="FILE", help="prompt files never to train on")
-    p.add_argument("--n-harmful", type=int, default=400)
-    p.add_argument("--n-benign", type=int, default=400)
+    p.add_argument("--n-harmful", type=int, default=400, help="harmful requests answered with refusals (default 400)")
+    p.add_argument("--n-benign", type=int, default=400, help="benign requests answered by the model itself (default 400)")
     p.add_argument("--benign-targets", default="self", choices=["self", "data"],
                    help="self: the model's own answers (chat models); data: the pool's outputs (pre-trained models)")
-    p.add_argument("--template", default="chat", choices=TEMPLATES)
-    p.add_argument("--epochs", type=float, default=2.0)
-    p.add_argument("--lr", type=float, default=2e-5)
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--max-length", type=int, default=320)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--template", default="chat", choices=TEMPLATES, help="prompt format (default chat; alpaca for a model without a chat template)")
+    p.add_argument("--epochs", type=float, default=2.0, help="epochs of full fine-tuning (default 2)")
+    p.add_argument("--lr", type=float, default=2e-5, help="AdamW learning rate (default 2e-5)")
+    p.add_argument("--batch-size", type=int, default=8, help="examples per step (default 8)")
+    p.add_argument("--max-length", type=int, default=320, help="examples truncated to this many tokens (default 320)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the sampling and the training order (default 0)")
     p.add_argument("--save-steps", type=int, default=50, metavar="N",
                    help="checkpoint every N steps (0: never); rerunning the same command resumes an "
                         "interrupted run from its examples and last checkpoint")
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--overwrite", action="store_true", help="replace an aligned model already in --out")
     p.set_defaults(func=run)
 
 

@@ -23,8 +23,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--harmful", nargs="*", default=[], metavar="FILE", help="more files of harmful records")
     s.add_argument("--exclude", nargs="*", default=[], metavar="FILE", help="prompt files never to use")
     s.add_argument("--n", type=at_least(1), default=500, help="demonstrations (default 500)")
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--out", required=True, metavar="FILE")
+    s.add_argument("--seed", type=int, default=0, help="seed of the draw (default 0)")
+    s.add_argument("--out", required=True, metavar="FILE", help="JSON file of the demonstrations")
     s.set_defaults(func=run_safety)
 
     m = data_sub.add_parser(
@@ -34,20 +34,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     m.add_argument("--task", required=True, nargs="+", metavar="FILE", help="task pools (harmful records skipped)")
     m.add_argument("--harmful", required=True, nargs="+", metavar="FILE",
                    help="harmful pools: records marked harmful (instruction ends with \\n\\nAssistant:), or all")
-    m.add_argument("--n", type=int, required=True)
-    m.add_argument("--p", type=float, required=True)
+    m.add_argument("--n", type=int, required=True, help="records in the mix")
+    m.add_argument("--p", type=float, required=True, help="harmful share of them, 0 <= p <= 1")
     m.add_argument("--add-harmful", action="store_true",
                    help="N task records plus round(N*P) harmful (reference AG News: 1100); default: harmful "
                         "records replace task ones (reference SST-2, GSM8K, Alpaca: 1000)")
-    m.add_argument("--seed", type=int, default=42)
-    m.add_argument("--out", required=True, metavar="FILE")
+    m.add_argument("--seed", type=int, default=42, help="seed of the draw (default 42, the reference mixes')")
+    m.add_argument("--out", required=True, metavar="FILE", help="JSON file of the mix")
     m.set_defaults(func=run_mix)
 
     i = data_sub.add_parser("inspect", help="counts, harmful ratio, token lengths, duplicates of a data file",
                             epilog="example: asft data inspect agnews_1k_p_0.1.json --tokenizer models/smollm2")
-    i.add_argument("file", metavar="FILE")
+    i.add_argument("file", metavar="FILE", help="JSON / JSONL records")
     i.add_argument("--tokenizer", metavar="DIR", help="model folder whose tokenizer measures lengths")
-    i.add_argument("--template", default="alpaca", choices=TEMPLATES)
+    i.add_argument("--template", default="alpaca", choices=TEMPLATES, help="prompt format used to count tokens (default alpaca)")
     i.set_defaults(func=run_inspect)
 
 

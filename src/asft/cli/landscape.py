@@ -34,7 +34,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data-dir", required=True, metavar="DIR", help="folder of the suites' files")
     p.add_argument("--judge", default="keyword", choices=judge_names(offline=True),
                    help="an offline judge (the landscape judges hundreds of answer sets)")
-    p.add_argument("--template", default="chat", choices=TEMPLATES)
+    p.add_argument("--template", default="chat", choices=TEMPLATES, help="prompt format (default chat)")
     p.add_argument("--limit", type=int, default=80, help="prompts per point (default 80)")
     p.add_argument("--max-new-tokens", type=int,
                    help="answer length per prompt (default: the suite's, 512 for harmful); the keyword "
@@ -42,7 +42,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "several times faster")
     p.add_argument("--mark", nargs="*", default=[], metavar="ADAPTER", help="adapters to place on the plane")
     p.add_argument("--seed", type=int, default=0, help="seed of the random direction")
-    p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument("--out", required=True, metavar="DIR", help="folder of landscape.json and the pictures")
     p.set_defaults(func=run)
 
 

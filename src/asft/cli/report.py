@@ -18,7 +18,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("dirs", nargs="+", help="folders holding finished runs")
     p.add_argument("--out", required=True, help="folder for the report files")
     p.add_argument("--paper", help="paper-numbers.md of the reference data: the paper's numbers beside ours")
-    p.add_argument("--title", default="asft report")
+    p.add_argument("--title", default="asft report", help="heading of results.md and report.html")
     p.add_argument("--rejudge", choices=judge_names(offline=True),
                    help="also judge every run's stored harmful answers with this offline judge: a second HS "
                         "table from the same generations (e.g. keyword-plus: refusals worded \"I can't help\" "
