@@ -138,6 +138,17 @@ def curve_verdict(row: dict, curve: list[dict]) -> str | None:
     return head + "no difference beyond the seed spread"
 
 
+def _comparisons(rows: Sequence[dict]):
+    """``(row, the control's curve, its matched control, SFT)`` for each fine-tuned method other than the
+    control and SFT, in table order: the pairs every verdict and interval is about."""
+    control, plain = control_method().name, plain_method().name
+    controls = [r for r in rows if r["method"] == control]
+    sft = next((r for r in rows if r["method"] == plain), None)
+    curve = control_curve(rows) if controls else []
+    for r in sorted((r for r in rows if r["method"] not in (control, plain) and fine_tuned(r)), key=sort_key):
+        yield r, curve, _matched_control(r, controls), sft
+
+
 def verdict(rows: Sequence[dict]) -> list[str]:
     """Plain sentences, one per fine-tuned setting: is it safer than the l2 control (the penalty with
     C = 0: what tells whether a method adds anything beyond shrinking the update) and than plain SFT,
@@ -145,15 +156,10 @@ def verdict(rows: Sequence[dict]) -> list[str]:
     with lambda, else at the closest FA; and on the control's HS-FA curve at exactly the method's FA
     (``curve_verdict``: interpolated between the control's lambdas, SFT and the aligned model at its
     ends). Rows of a single seed (``seeds``) get no verdict: they have no spread to judge by."""
-    control, plain = control_method().name, plain_method().name
-    controls = [r for r in rows if r["method"] == control]
-    sft = next((r for r in rows if r["method"] == plain), None)
-    curve = control_curve(rows) if controls else []
     lines = []
-    for r in sorted((r for r in rows if r["method"] not in (control, plain) and fine_tuned(r)), key=sort_key):
+    for r, curve, c, sft in _comparisons(rows):
         on = curve_verdict(r, curve) if curve else None
         parts = [on] if on is not None else []  # first: the verdict at exactly the method's FA
-        c = _matched_control(r, controls)
         if c is not None:
             parts.append(f"vs {label(c)} HS {_pm(c, 'hs')} FA {_pm(c, 'fa')}: {_compare(r, c, label(r), label(c))}")
         if sft is not None:
@@ -186,12 +192,8 @@ def interval_lines(rows: Sequence[dict]) -> list[str]:
     the differences of HS and FA with their paired 95% intervals over prompts and seeds
     (``asft.report.uncertainty.paired_interval``). An interval that excludes 0 is a difference the
     sampling of prompts and seeds does not explain; with one seed it covers the prompts only."""
-    control, plain = control_method().name, plain_method().name
-    controls = [r for r in rows if r["method"] == control]
-    sft = next((r for r in rows if r["method"] == plain), None)
-    curve = control_curve(rows) if controls else []
     lines = []
-    for r in sorted((r for r in rows if r["method"] not in (control, plain) and fine_tuned(r)), key=sort_key):
+    for r, curve, c, sft in _comparisons(rows):
         if "items" not in r:
             continue
         pairs = []
@@ -199,8 +201,7 @@ def interval_lines(rows: Sequence[dict]) -> list[str]:
         if at is not None:
             _, _, lo, hi = at
             t = 0.0 if hi["fa"] == lo["fa"] else (r["fa"] - lo["fa"]) / (hi["fa"] - lo["fa"])
-            pairs.append((f"the {control} curve at FA {r['fa']:.1f}", [lo, hi], [1 - t, t], ("hs",)))
-        c = _matched_control(r, controls)
+            pairs.append((f"the {control_method().name} curve at FA {r['fa']:.1f}", [lo, hi], [1 - t, t], ("hs",)))
         if c is not None:
             pairs.append((label(c), [c], [1.0], ("hs", "fa")))
         if sft is not None:
