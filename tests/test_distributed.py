@@ -1,5 +1,6 @@
-"""Data parallel on CPU (gloo): `torchrun --nproc_per_node 2 -m asft train` with half the batch per
-process equals one process on the whole batch (losses and adapter); rank 0 alone writes."""
+"""Several processes on CPU (gloo): `torchrun --nproc_per_node 2 -m asft train` with half the batch per
+process, plain data parallel or `--fsdp` (FSDP2), equals one process on the whole batch (losses and
+adapter); rank 0 alone writes."""
 
 import json
 import os
@@ -14,8 +15,9 @@ from safetensors.torch import load_file
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _train(args, out, procs, batch):
-    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1", "ASFT_THREADS": "1"}
+def _train(args, out, procs, batch, extra_path=None):
+    path = str(REPO / "src") + (os.pathsep + extra_path if extra_path else "")
+    env = {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1", "ASFT_THREADS": "1"}
     launcher = ([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(procs),
                  "--master_port", str(29500 + os.getpid() % 1000)] if procs > 1 else [sys.executable])
     cmd = launcher + ["-m", "asft", "train", *args, "--batch-size", str(batch), "--out", str(out)]
@@ -93,3 +95,99 @@ def test_penalty_methods_refuse_parameter_sharding():
             check_not_sharded(TrainConfig(method=method), zero3)
     check_not_sharded(TrainConfig(method="sft"), zero3)  # no penalty: nothing to lose
     check_not_sharded(TrainConfig(method="asft"), {})
+
+
+def _steps(log):
+    return [r for r in log if "task_loss" in r and "step" in r and "train_runtime" not in r]
+
+
+@pytest.mark.parametrize("method, extra", [("asft", []), ("l2", []), ("l2", ["--gradient-checkpointing"])])
+def test_fsdp_two_processes_equal_one_process_on_the_global_batch(toy_world, tmp_path, method, extra):
+    """`--fsdp`: every decoder layer and every LoRA weight sharded with FSDP2 over 2 gloo processes,
+    batch 4 each; the same logged task loss and penalty per step (rel. 1e-4) and the same adapter
+    (rtol 1e-4) as one process with batch 8, saved once by rank 0 as a plain PEFT adapter. Under
+    activation checkpointing too: the penalty is read outside the forward, so the recomputed forward
+    does not count it twice."""
+    from asft.models.anchor import build_anchor
+
+    data = toy_world.make_mix("topic", 64, 0.1)
+    args = ["--model", str(toy_world.aligned), "--data", str(data), "--method", method, "--lam", "10",
+            "--template", "chat", "--lr", "1e-3", "--max-steps", "4", "--lora-dropout", "0",
+            "--logging-steps", "1", "--quiet", "--threads", "1", *extra]
+    if method == "asft":
+        args += ["--anchor", str(build_anchor(toy_world.base, toy_world.aligned, out=tmp_path / "a.safetensors").path)]
+    one = _train(args, tmp_path / "one", 1, 8)
+    two = _train([*args, "--fsdp"], tmp_path / "two", 2, 4)
+    assert len(_steps(two)) == len(_steps(one)) == 4
+    for a, b in zip(_steps(one), _steps(two)):
+        assert abs(a["task_loss"] - b["task_loss"]) < 1e-4 * abs(a["task_loss"])
+        assert abs(a["penalty"] - b["penalty"]) <= 1e-4 * abs(a["penalty"]) + 1e-9
+    assert _steps(one)[-1]["penalty"] > 0
+    sharded = json.loads((tmp_path / "two" / "train_summary.json").read_text())["fsdp"]
+    # every parameter is a shard: the decoder layers', the embeddings' and each LoRA A and B
+    assert sharded["world_size"] == 2 and sharded["decoder_layers"] >= 2 and sharded["lora_modules"] >= 4
+    assert sharded["sharded_parameters"] == sharded["parameters"]
+    assert json.loads((tmp_path / "one" / "train_summary.json").read_text())["fsdp"] is None
+    wa = load_file(tmp_path / "one" / "adapter_model.safetensors")
+    wb = load_file(tmp_path / "two" / "adapter_model.safetensors")
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        torch.testing.assert_close(wb[k], wa[k], rtol=1e-4, atol=1e-6)
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(toy_world.aligned), tmp_path / "two")  # loads
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == sorted(p.name for p in (tmp_path / "one").iterdir())
+
+
+def test_fsdp_comparison_fails_when_the_penalty_gradient_is_dropped(toy_world, tmp_path):
+    """The check above can fail: the l2 penalty computed on detached (gathered) weights logs the same
+    value but gives the sharded LoRA weights no gradient, and its adapter is not the l2 run's."""
+    data = toy_world.make_mix("topic", 64, 0.1)
+    args = ["--model", str(toy_world.aligned), "--data", str(data), "--lam", "10", "--template", "chat",
+            "--lr", "1e-3", "--max-steps", "4", "--lora-dropout", "0", "--logging-steps", "1", "--quiet",
+            "--threads", "1"]
+    one = _train([*args, "--method", "l2"], tmp_path / "one", 1, 8)
+    env_path = str(REPO / "tests")
+    two = _train([*args, "--method", "l2-detached", "--plugin", "plugin_detached", "--fsdp"], tmp_path / "two", 2, 4,
+                 extra_path=env_path)
+    assert abs(_steps(one)[0]["penalty"] - _steps(two)[0]["penalty"]) <= 1e-4 * _steps(one)[0]["penalty"]
+    wa = load_file(tmp_path / "one" / "adapter_model.safetensors")
+    wb = load_file(tmp_path / "two" / "adapter_model.safetensors")
+    assert any(not torch.allclose(wa[k], wb[k], rtol=1e-4, atol=1e-6) for k in wa)
+
+
+def test_fsdp_refusals_are_one_line(toy_world, tmp_path):
+    from asft.errors import AsftError
+    from asft.training.train import TrainConfig, check_fsdp
+
+    with pytest.raises(AsftError, match="method lisa cannot train under --fsdp: its alternating states"):
+        check_fsdp(TrainConfig(method="lisa"), 2)
+    with pytest.raises(AsftError, match="--fsdp with --save-steps"):
+        check_fsdp(TrainConfig(method="l2", save_steps=5), 2)
+    check_fsdp(TrainConfig(method="asft"), 2)
+    check_fsdp(TrainConfig(method="sft"), 2)
+
+
+def test_accelerate_asking_for_two_processes_but_starting_one_says_so(toy_world, tmp_path):
+    """Before: an accelerate config of 2 CPU processes (MULTI_CPU) ran `asft train` as one, silently."""
+    from asft.training.fsdp import launcher_alone
+
+    cfg = tmp_path / "acc.yaml"
+    cfg.write_text("compute_environment: LOCAL_MACHINE\ndistributed_type: MULTI_CPU\nnum_machines: 1\n"
+                   "num_processes: 2\nmachine_rank: 0\nmixed_precision: 'no'\nuse_cpu: true\n")
+    by_acc = {"ACCELERATE_MIXED_PRECISION": "no"}
+    assert "asked for 2 processes" in launcher_alone(by_acc, ["accelerate", "launch", "--config_file", str(cfg)], None)
+    assert "asked for 3 processes" in launcher_alone(by_acc, ["x", "--num_processes", "3"], None)
+    assert launcher_alone(by_acc, ["accelerate", "launch"], cfg) is not None  # the default config file
+    assert launcher_alone({}, ["accelerate", "launch", "--config_file", str(cfg)], None) is None  # not accelerate
+    assert launcher_alone({**by_acc, "WORLD_SIZE": "2"}, ["--num_processes", "2"], None) is None  # really 2
+    # end to end: accelerate launch with that config runs one process, and asft says so in one line
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(cfg), "-m", "asft",
+                           "train", "--model", str(toy_world.aligned), "--data", str(toy_world.make_mix("topic", 64, 0.1)),
+                           "--method", "sft", "--template", "chat", "--max-steps", "1", "--quiet", "--threads", "1",
+                           "--out", str(tmp_path / "run")], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = [x for x in proc.stderr.splitlines() if "accelerate launch asked for 2 processes" in x]
+    assert len(lines) == 1 and "torchrun --nproc_per_node 2" in lines[0]

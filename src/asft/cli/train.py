@@ -48,6 +48,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         help = f"{f.metadata['help']}{shown}"
         if f.name == "method":
             help = f"{methods_help}{shown}"
+        if f.name == "fsdp":  # which methods can, from the registry
+            help = (f"{f.metadata['help'].split(' (methods')[0]} (methods: "
+                    f"{', '.join(m.name for m in trainable if m.fsdp is True)})")
         # Flags default to None so that a --config file can supply what the command line omits.
         flags = [_flag(f.name), *aliases.get(f.name, [])]
         if isinstance(default, bool):
@@ -86,6 +89,10 @@ def run(args: argparse.Namespace) -> int:
         if not getattr(cfg, key):
             raise AsftError(f"--{key} is required (on the command line or in --config)")
     res = train(cfg)
+    import os
+
+    if int(os.environ.get("RANK", "0")) != 0:  # one report per launch, from rank 0 (which wrote the adapter)
+        return 0
     console = make_console()
     console.print(f"[bold]{cfg.method}[/] done: {res.steps} steps in {res.seconds:.1f}s, "
                   f"task loss {res.task_loss:.4f}, penalty {res.penalty:.4f}; "

@@ -122,7 +122,7 @@ class Setting:
 
 # TrainConfig fields that name a run's own files or only change what is printed: not part of its key
 NOT_IN_KEY = ("model", "data", "out", "method", "lam", "form", "seed", "anchor", "safety_data", "progress",
-              "logging_steps", "save_steps", "resume", "overwrite", "report_to")
+              "logging_steps", "save_steps", "resume", "overwrite", "report_to", "fsdp")  # fsdp: how runs are spread
 
 
 def train_defaults() -> dict:

@@ -20,6 +20,7 @@ class ActAnchor(Method):
     needs_safety_data = True
     default_safety_n = 100  # SafeInstr's: the data-equal comparison uses the same demonstrations
     shardable = False  # the penalty reads whole LoRA weights
+    fsdp = "its safety statistics come from a forward pass at start-up, not made under sharding yet"
     fisher = False     # fisher-anchor: also the output-gradient factor S_g
 
     def build_hook(self, cfg, model, tokenizer, args, batches_per_epoch: int):

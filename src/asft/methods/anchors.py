@@ -255,7 +255,9 @@ class DataAnchorPenalty(nn.Module):
         self._device = None
 
     def forward(self) -> torch.Tensor:
-        A0 = self.pairs[self.names[0]][0]
+        from asft.methods.regularizer import whole  # sharded (--fsdp) weights, all-gathered with their gradient
+
+        A0 = whole(self.pairs[self.names[0]][0])
         if self._device != A0.device:  # moved once, to each module's device
             for n in self.names:
                 dev = self.pairs[n][0].device
@@ -267,7 +269,7 @@ class DataAnchorPenalty(nn.Module):
             total = A0.new_zeros((), dtype=torch.float32)
             for n in self.names:
                 A, B, scaling = self.pairs[n]
-                A, B = A.float(), B.float()
+                A, B = whole(A).float(), whole(B).float()
                 left = B.T @ B if self.Sg[n] is None else B.T @ (self.Sg[n] @ B)   # (r, r)
                 p = (left * (A @ self.S[n] @ A.T)).sum()
                 total = total + (p * scaling**2 if self.scale_by_lora else p).to(total.device)

@@ -16,7 +16,7 @@ class AsFT(Method):
     takes_lambda = True
     forms = ("reference", "projector", "scaled")
     needs_anchor = True
-    shardable = False  # the penalty reads whole LoRA weights
+    shardable = False  # under accelerate's FSDP / ZeRO-3; asft train --fsdp reads whole weights
 
     def penalty_form(self, cfg) -> str:
         return cfg.form

@@ -53,7 +53,9 @@ class Method:
     default_safety_n: int | None = None  # safety records used when --safety-n is not given
     fine_tunes: bool = True      # False: the aligned model, evaluated as it is
     post_hoc: bool = False       # computed from the plain run of the same seed, not trained (Safe LoRA)
-    shardable: bool = True       # may train under FSDP / ZeRO-3 (False: reads whole LoRA weights)
+    shardable: bool = True       # may train under accelerate's FSDP / ZeRO-3 (False: reads whole LoRA weights)
+    # trains under `asft train --fsdp` (asft's FSDP2: penalties read whole weights); else the reason it does not
+    fsdp: bool | str = True
     plain: bool = False
     control: bool = False
     options: dict = {}           # experiment options and their defaults (a config's ``<name>:`` mapping)

@@ -86,6 +86,7 @@ class HiddenAnchor(Method):
     needs_safety_data = True
     default_safety_n = 32
     shardable = False  # runs the unwrapped model on its own prompts
+    fsdp = "it runs the model on its own prompts inside the step, not made under sharding yet"
 
     def validate(self, cfg) -> None:
         super().validate(cfg)

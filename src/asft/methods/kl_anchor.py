@@ -74,6 +74,7 @@ class KlAnchor(Method):
     needs_safety_data = True
     default_safety_n = 32
     shardable = False  # runs the unwrapped model on its own demonstrations
+    fsdp = "it runs the model on its own demonstrations inside the step, not made under sharding yet"
 
     def build_hook(self, cfg, model, tokenizer, args, batches_per_epoch: int):
         from asft.batches import SupervisedDataset

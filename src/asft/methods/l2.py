@@ -12,7 +12,7 @@ class L2(Method):
     help = "the AsFT penalty with C = 0, lam * sum ||B A||_F^2 (the control)"
     marker = "o"
     takes_lambda = True
-    shardable = False  # the penalty reads whole LoRA weights
+    shardable = False  # under accelerate's FSDP / ZeRO-3; asft train --fsdp reads whole weights
     control = True
 
     def penalty_form(self, cfg) -> str:

@@ -110,6 +110,7 @@ class LisaMethod(Method):
     help = "Lisa: alternating alignment / fine-tuning states with a proximal term"
     needs_safety_data = True
     shardable = False  # the proximal term reads whole LoRA weights
+    fsdp = "its alternating states copy whole LoRA weights, not made under sharding yet"
 
     def validate(self, cfg) -> None:
         super().validate(cfg)

@@ -72,6 +72,7 @@ class NullSpace(Method):
     needs_safety_data = True
     default_safety_n = 100
     shardable = False  # projects whole LoRA weights
+    fsdp = "its optimiser hook projects whole LoRA weights, not made under sharding yet"
 
     def validate(self, cfg) -> None:
         super().validate(cfg)

@@ -245,6 +245,15 @@ def build_operator(entry: "AnchorEntry", form: str, k: int | None = None,
 
 # ----------------------------------------------------------------------------- over a PEFT model
 
+def whole(p: torch.Tensor) -> torch.Tensor:
+    """``p`` as one whole tensor. Under ``asft train --fsdp`` a LoRA weight is a DTensor holding this rank's
+    rows: ``full_tensor()`` all-gathers it with its gradient path, so every rank computes the same whole
+    penalty and the gather's backward gives each rank the gradient of its own rows. Else ``p`` itself."""
+    from torch.distributed.tensor import DTensor
+
+    return p.full_tensor() if isinstance(p, DTensor) else p
+
+
 def lora_pairs(model: nn.Module, adapter: str = "default") -> dict[str, tuple[nn.Parameter, nn.Parameter, float]]:
     """{base module name: (A weight (r, d_in), B weight (d_out, r), scaling)} of a PEFT LoRA model."""
     pairs = {}
@@ -305,7 +314,7 @@ class AsftPenalty(nn.Module):
         return cls(pairs, ops, lam=lam, scale_by_lora=scale_by_lora)
 
     def forward(self) -> torch.Tensor:
-        A0 = self.pairs[self.names[0]][0]
+        A0 = whole(self.pairs[self.names[0]][0])
         # Each module's operator lives on that module's device (a model spread over devices with
         # device_map="auto" keeps its modules where they are); moved once, on the first call.
         if self._device != A0.device:
@@ -318,7 +327,7 @@ class AsftPenalty(nn.Module):
             total = A0.new_zeros((), dtype=torch.float32)
             for n in self.names:
                 A, B, scaling = self.pairs[n]
-                p = self.operators[n].penalty(A.float(), B.float())
+                p = self.operators[n].penalty(whole(A).float(), whole(B).float())
                 total = total + (p * scaling**2 if self.scale_by_lora else p).to(total.device)
         return self.lam * total
 

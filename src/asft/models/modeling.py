@@ -113,14 +113,15 @@ def load_adapter(model: torch.nn.Module, adapter: str | Path, merge: bool = Fals
     return peft_model.merge_and_unload() if merge else peft_model
 
 
-def save_adapter(model: torch.nn.Module, out: Path) -> None:
+def save_adapter(model: torch.nn.Module, out: Path, state_dict: dict | None = None) -> None:
     """Save a PEFT model's adapter into ``out``: save_pretrained into a temporary folder, then
-    move the files into place (no half-written adapter)."""
+    move the files into place (no half-written adapter). ``state_dict``: the adapter's tensors when the
+    model's own are shards (``asft train --fsdp``)."""
     import shutil
 
     tmp = out / ".adapter.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, safe_serialization=True)
+    model.save_pretrained(tmp, safe_serialization=True, **({"state_dict": state_dict} if state_dict else {}))
     for f in tmp.iterdir():
         f.replace(out / f.name)
     tmp.rmdir()

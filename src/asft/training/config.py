@@ -86,6 +86,8 @@ class TrainConfig:
     seed: int = _opt(42, "random seed")
     dtype: str = _opt("auto", "auto (bf16 on CUDA, else float32) | float32 | bfloat16 | float16")
     gradient_checkpointing: bool = _opt(False, "trade compute for memory")
+    fsdp: bool = _opt(False, "shard the model, LoRA weights included, with FSDP2 across the processes torchrun / "
+                             "accelerate launch started (methods that support it: asft train --help)")
     logging_steps: int = _opt(10, "log task loss and penalty every N updates")
     save_steps: int = _opt(0, "checkpoint every N updates, for --resume (0: none)")
     resume: bool = _opt(False, "resume from the last checkpoint in OUT/checkpoints")

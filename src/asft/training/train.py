@@ -44,12 +44,13 @@ class TrainResult:
     method_info: dict | None = None  # what the method's hook reports (e.g. nullspace: dimensions kept)
     resumed_from: int | None = None  # the checkpoint's step when the run continued an unfinished one
     epochs: float | None = None  # epochs trained (the Trainer's count; --max-steps may stop before --epochs)
+    fsdp: dict | None = None  # --fsdp: what was sharded over how many processes
 
 log = logging.getLogger("asft.train")  # under the "asft" logger the CLI prints
 FINAL_FILES = ("adapter_model.safetensors", "adapter_config.json", "README.md", "train_summary.json")
 # What a run folder's config.yaml may differ in and still be the same run (resumable; the folder may
 # have been moved)
-NOT_THE_RUN = ("out", "resume", "overwrite", "progress", "logging_steps", "report_to")
+NOT_THE_RUN = ("out", "resume", "overwrite", "progress", "logging_steps", "report_to", "fsdp")
 
 
 def prepare_model(model: torch.nn.Module, cfg: TrainConfig) -> torch.nn.Module:
@@ -171,7 +172,12 @@ def _train(cfg: TrainConfig, records: list[dict] | None = None) -> TrainResult:
     if cfg.limit:
         records = records[: cfg.limit]
     check_not_sharded(cfg)
-    resumed_from = _unfinished(cfg, out, launched=int(os.environ.get("WORLD_SIZE", "1")) > 1)
+    _say_if_alone()
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    fsdp = cfg.fsdp and world > 1
+    if cfg.fsdp:
+        check_fsdp(cfg, world)
+    resumed_from = _unfinished(cfg, out, launched=world > 1)
     set_seed(cfg.seed)
     dtype = resolve_dtype(cfg.dtype)
     # The arguments come first: they set up the distributed state, so that under accelerate/torchrun
@@ -218,6 +224,10 @@ def _train(cfg: TrainConfig, records: list[dict] | None = None) -> TrainResult:
         getattr(model, "activation_checkpointing_enable", model.gradient_checkpointing_enable)()
         model.enable_input_require_grads()
     model = prepare_model(model, cfg)
+    if fsdp:  # before the penalty: it reads the sharded LoRA weights (whole, through their all-gather)
+        from asft.training.fsdp import shard_model
+
+        sharded = shard_model(model)
     penalty = build_penalty(model, cfg, anchor)
     del anchor  # the penalty keeps only what it needs (G, V or factors)
 
@@ -259,6 +269,11 @@ def _train(cfg: TrainConfig, records: list[dict] | None = None) -> TrainResult:
         raise AsftError(f"loss is not finite at the end of training ({final}); lower --lr or --lam")
 
     trainer.accelerator.wait_for_everyone()
+    whole_adapter = None
+    if fsdp:  # every rank gathers (a collective); rank 0 then saves whole tensors, as an unsharded run does
+        from asft.training.fsdp import adapter_state
+
+        whole_adapter = adapter_state(model)
     result = TrainResult(
         out=out, steps=trainer.state.global_step, seconds=seconds,
         task_loss=trainer.last_task_loss, penalty=trainer.last_penalty,
@@ -267,7 +282,7 @@ def _train(cfg: TrainConfig, records: list[dict] | None = None) -> TrainResult:
         trigger=trigger,
         lisa_alignment_steps=getattr(hook, "alignment_steps_done", None),
         method_info=hook.summary() if hasattr(hook, "summary") else None, resumed_from=resumed_from,
-        epochs=round(float(trainer.state.epoch or 0), 4),
+        epochs=round(float(trainer.state.epoch or 0), 4), fsdp=sharded if fsdp else None,
     )
     if main_process:  # one writer: every process holds the same adapter
         from asft.runtime import environment
@@ -275,7 +290,7 @@ def _train(cfg: TrainConfig, records: list[dict] | None = None) -> TrainResult:
 
         # the adapter and the card first, the summary (the mark of a finished run) last, each renamed
         # into place: a kill leaves either a finished run or an unfinished one a rerun continues
-        save_adapter(model, out)
+        save_adapter(model, out, state_dict=whole_adapter)
         summary = {**dataclasses.asdict(result), "out": str(out), "env": environment(device=str(args.device))}
         write_card(out, summary)
         write_json(out / "train_summary.json", summary)
@@ -306,11 +321,51 @@ def check_not_sharded(cfg: TrainConfig, environ=None) -> None:
     setup = sharded_setup(environ)
     from asft.methods import get_method
 
-    if setup and not get_method(cfg.method).shardable:
+    method = get_method(cfg.method)
+    if setup and not method.shardable:
+        instead = ("launch without it and pass --fsdp (asft's FSDP2: the model and LoRA weights sharded, the "
+                   "penalty read whole)" if method.fsdp is True else
+                   "launch with plain data parallel (accelerate launch / torchrun without FSDP) or DeepSpeed ZeRO-1/2")
         raise AsftError(f"method {cfg.method} under {setup}: the penalty reads whole LoRA weights, which "
-                        f"{setup} shards (it would get no gradient); launch with plain data parallel "
-                        "(accelerate launch / torchrun without FSDP) or DeepSpeed ZeRO-1/2. LoRA weights "
-                        "are small: sharding them saves little.")
+                        f"{setup} shards (it would get no gradient); {instead}")
+
+
+def _say_if_alone() -> None:
+    """One line when accelerate launch was asked for several processes and started only this one."""
+    from asft.training.fsdp import launcher_alone
+
+    try:
+        with open(f"/proc/{os.getppid()}/cmdline", "rb") as f:
+            cmdline = [a.decode(errors="replace") for a in f.read().split(b"\0") if a]
+    except OSError:
+        cmdline = []
+    default = None
+    try:
+        from accelerate.commands.config import default_config_file
+
+        default = Path(default_config_file)
+    except ImportError:
+        pass
+    message = launcher_alone(dict(os.environ), cmdline, default)
+    if message:
+        log.warning(message)
+
+
+def check_fsdp(cfg: TrainConfig, world: int) -> None:
+    """``--fsdp``: a method that trains under FSDP2 (``Method.fsdp``), no checkpoints (a sharded optimiser
+    state is not saved yet), and a note when one process has nothing to shard."""
+    from asft.methods import get_method
+
+    method = get_method(cfg.method)
+    if method.fsdp is not True:
+        raise AsftError(f"method {cfg.method} cannot train under --fsdp: {method.fsdp}; train it without "
+                        "--fsdp (plain data parallel works)")
+    if cfg.save_steps or cfg.resume:
+        raise AsftError("--fsdp with --save-steps / --resume: checkpoints of a sharded optimiser are not "
+                        "written yet; train without them (a killed --fsdp run starts afresh)")
+    if world == 1:
+        log.warning("--fsdp in one process: nothing to shard, training unsharded (launch with torchrun "
+                    "--nproc_per_node N or accelerate launch)")
 
 
 def _save_config(cfg: TrainConfig, out: Path) -> None:
