@@ -101,7 +101,8 @@ def _steps(log):
     return [r for r in log if "task_loss" in r and "step" in r and "train_runtime" not in r]
 
 
-@pytest.mark.parametrize("method, extra", [("asft", []), ("l2", []), ("l2", ["--gradient-checkpointing"])])
+@pytest.mark.parametrize("method, extra", [("asft", []), ("l2", []), ("l2", ["--gradient-checkpointing"]),
+                                           ("act-anchor", [])])
 def test_fsdp_two_processes_equal_one_process_on_the_global_batch(toy_world, tmp_path, method, extra):
     """`--fsdp`: every decoder layer and every LoRA weight sharded with FSDP2 over 2 gloo processes,
     batch 4 each; the same logged task loss and penalty per step (rel. 1e-4) and the same adapter
@@ -116,6 +117,11 @@ def test_fsdp_two_processes_equal_one_process_on_the_global_batch(toy_world, tmp
             "--logging-steps", "1", "--quiet", "--threads", "1", *extra]
     if method == "asft":
         args += ["--anchor", str(build_anchor(toy_world.base, toy_world.aligned, out=tmp_path / "a.safetensors").path)]
+    if method == "act-anchor":  # its statistics from a forward pass of the (sharded) model on safety data
+        from asft.fileio import write_json
+
+        write_json(tmp_path / "safety.json", toy_world.safety_records()[:40])
+        args += ["--safety-data", str(tmp_path / "safety.json")]
     one = _train(args, tmp_path / "one", 1, 8)
     two = _train([*args, "--fsdp"], tmp_path / "two", 2, 4)
     assert len(_steps(two)) == len(_steps(one)) == 4
@@ -191,3 +197,32 @@ def test_accelerate_asking_for_two_processes_but_starting_one_says_so(toy_world,
     assert proc.returncode == 0, proc.stderr[-2000:]
     lines = [x for x in proc.stderr.splitlines() if "accelerate launch asked for 2 processes" in x]
     assert len(lines) == 1 and "torchrun --nproc_per_node 2" in lines[0]
+
+
+def test_accelerate_fsdp_plugin_runs_asfts_fsdp2_for_a_penalty_method(toy_world, tmp_path):
+    """Before: `accelerate launch` with an FSDP config refused l2 / asft. Now asft shards the model itself
+    (as --fsdp, one line says so) and the run equals one process on the whole batch."""
+    cfg = tmp_path / "fsdp.yaml"
+    cfg.write_text("compute_environment: LOCAL_MACHINE\ndistributed_type: FSDP\nfsdp_config:\n  fsdp_version: 2\n"
+                   "num_machines: 1\nnum_processes: 2\nmachine_rank: 0\nmixed_precision: 'no'\nuse_cpu: true\n"
+                   f"main_process_port: {29600 + os.getpid() % 300}\n")
+    data = toy_world.make_mix("topic", 64, 0.1)
+    args = ["--model", str(toy_world.aligned), "--data", str(data), "--method", "l2", "--lam", "10",
+            "--template", "chat", "--lr", "1e-3", "--max-steps", "4", "--lora-dropout", "0",
+            "--logging-steps", "1", "--quiet", "--threads", "1"]
+    one = _train(args, tmp_path / "one", 1, 8)
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1", "ASFT_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(cfg), "-m", "asft",
+                           "train", *args, "--batch-size", "4", "--out", str(tmp_path / "two")],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "asft shards the model itself (FSDP2, as --fsdp" in proc.stderr
+    two = [json.loads(x) for x in (tmp_path / "two" / "train_log.jsonl").read_text().splitlines()]
+    for a, b in zip(_steps(one), _steps(two)):
+        assert abs(a["task_loss"] - b["task_loss"]) < 1e-4 * abs(a["task_loss"])
+        assert abs(a["penalty"] - b["penalty"]) <= 1e-4 * abs(a["penalty"]) + 1e-9
+    assert json.loads((tmp_path / "two" / "train_summary.json").read_text())["fsdp"]["world_size"] == 2
+    wa = load_file(tmp_path / "one" / "adapter_model.safetensors")
+    wb = load_file(tmp_path / "two" / "adapter_model.safetensors")
+    for k in wa:
+        torch.testing.assert_close(wb[k], wa[k], rtol=1e-4, atol=1e-6)

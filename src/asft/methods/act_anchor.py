@@ -20,7 +20,8 @@ class ActAnchor(Method):
     needs_safety_data = True
     default_safety_n = 100  # SafeInstr's: the data-equal comparison uses the same demonstrations
     shardable = False  # the penalty reads whole LoRA weights
-    fsdp = "its safety statistics come from a forward pass at start-up, not made under sharding yet"
+    # --fsdp: the statistics come from a forward pass of the sharded model (the same on every rank) and
+    # the penalty reads the sharded LoRA weights whole (tests/test_distributed.py)
     fisher = False     # fisher-anchor: also the output-gradient factor S_g
 
     def build_hook(self, cfg, model, tokenizer, args, batches_per_epoch: int):

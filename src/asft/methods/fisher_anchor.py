@@ -18,6 +18,7 @@ class FisherAnchor(ActAnchor):
     help = "task loss + lam * sum tr(B^T S_g B A S A^T), K-FAC factors of the refusal loss on --safety-data"
     marker = "D"
     fisher = True
+    fsdp = "its output-gradient statistics need a backward pass at start-up, not made under sharding yet"
 
     def describe_penalty(self, cfg: dict) -> str:
         return f"λ = {cfg.get('lam')}, K-FAC refusal-loss factors from {cfg.get('safety_data')}"

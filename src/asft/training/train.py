@@ -171,9 +171,16 @@ def _train(cfg: TrainConfig, records: list[dict] | None = None) -> TrainResult:
         records = load_records(cfg.data)
     if cfg.limit:
         records = records[: cfg.limit]
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if sharded_setup() == "FSDP" and get_method(cfg.method).fsdp is True and world > 1:
+        # accelerate's FSDP plugin would shard after the penalty took its references: asft shards the
+        # model itself instead (FSDP2, as --fsdp) and keeps the plugin out of this process's Trainer
+        log.warning("accelerate's FSDP plugin: asft shards the model itself (FSDP2, as --fsdp: every decoder "
+                    "layer and LoRA weight); the plugin's wrap, offload and state-dict options are not used")
+        os.environ.pop("ACCELERATE_USE_FSDP", None)
+        cfg = dataclasses.replace(cfg, fsdp=True)
     check_not_sharded(cfg)
     _say_if_alone()
-    world = int(os.environ.get("WORLD_SIZE", "1"))
     fsdp = cfg.fsdp and world > 1
     if cfg.fsdp:
         check_fsdp(cfg, world)
