@@ -53,7 +53,8 @@ def aggregate(rows: Sequence[dict]) -> list[dict]:
 
 def results_document(config: dict, rows: Sequence[dict], runs: Sequence[dict] | None = None) -> dict:
     """The versioned ``results.json`` document."""
-    strip = lambda rs: [{k: v for k, v in r.items() if k != "items"} for r in rs]  # noqa: E731 (per-prompt lists)
+    # per-prompt lists and the folder a row was read from stay out of the document
+    strip = lambda rs: [{k: v for k, v in r.items() if k not in ("items", "_folder")} for r in rs]  # noqa: E731
     doc = {"version": 1, "config": config, "rows": strip(rows)}
     if runs is not None:
         doc["runs"] = strip(runs)

@@ -54,6 +54,7 @@ def collect_rows(dirs: Sequence[str | Path], rejudge: str | None = None) -> list
             from asft.report.uncertainty import run_items
 
             row["items"] = run_items(path.parent / "eval")  # per-prompt scores: standard errors, intervals
+            row["_folder"] = str(path.parent)  # where it was read (provenance; not written to results.json)
             if judge is not None:
                 flags = rejudged_flags(path.parent / "eval", judge)
                 row["hs_rejudged"] = round(100 * sum(flags) / len(flags), 2)
@@ -175,7 +176,7 @@ def write_report(runs: list[dict], out: str | Path, paper: str | Path | None = N
         md += ["\n## The paper's numbers\n\n"]
         md += [beside] if beside else ["No run here matches a setting of the paper's tables (tasks sst2, "
                                        "agnews, gsm8k, alpaca at n = 1000, p = 0.1).\n"]
-    md += _provenance(config or {}, rejudged_by)
+    md += _provenance(config or {}, rejudged_by, runs)
     text = "".join(md)
     out.mkdir(parents=True, exist_ok=True)
     doc = results_document(config or {}, table, runs=runs)
@@ -190,7 +191,19 @@ def write_report(runs: list[dict], out: str | Path, paper: str | Path | None = N
     return doc
 
 
-def _provenance(config: dict, rejudged_by: str | None) -> list[str]:
+def _run_judges(runs: Sequence[dict]) -> list[str]:
+    """The judges the runs' harmful suites were scored by (their ``eval/*.result.json``), where known."""
+    judges = set()
+    for r in runs:
+        folder = r.get("_folder")
+        for res in sorted(Path(folder, "eval").glob("*.result.json")) if folder else []:
+            summary = read_json(res).get("summary", {})
+            if summary.get("hs") is not None and summary.get("judge"):
+                judges.add(str(summary["judge"]))
+    return sorted(judges)
+
+
+def _provenance(config: dict, rejudged_by: str | None, runs: Sequence[dict] = ()) -> list[str]:
     """Where the numbers come from: when and with what this report was made, the judges, the config."""
     import datetime
 
@@ -202,6 +215,7 @@ def _provenance(config: dict, rejudged_by: str | None) -> list[str]:
     env = environment()
     judge = config.get("judge")
     judge = judge.get("name") if isinstance(judge, dict) else judge
+    judge = judge or ", ".join(_run_judges(runs))
     lines = ["\n## Provenance\n\n",
              f"- written {datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')} by asft "
              f"{__version__} (torch {env['torch']}, transformers {env['transformers']}, peft {env['peft']}, "
