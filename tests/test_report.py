@@ -253,3 +253,52 @@ def test_tradeoff_chart_zooms_to_the_points_and_its_labels_do_not_overlap(tmp_pa
             assert min(a.x1, b.x1) <= max(a.x0, b.x0) or min(a.y1, b.y1) <= max(a.y0, b.y0), (a, b)
     (x0, x1), (y0, y1) = layout["xlim"], layout["ylim"]
     assert 35 < x0 < 39.9 and 74.2 < x1 < 80 and 10 < y0 < 18 and 71.8 < y1 < 78  # the data's range, padded
+
+
+def test_headline_names_the_safest_method_at_sfts_accuracy_and_its_distance_to_the_aligned_model():
+    from asft.report.tables import headline
+
+    rows = [_row("aligned", 0, 18.0, 0.0, 39.9, 0.0), _row("sft", 0, 70.8, 2.0, 74.1, 1.0),
+            _row("l2", 100, 20.0, 1.0, 72.9, 1.0),            # safest, but 1.2 FA points below SFT: out
+            _row("act-anchor", 30, 30.0, 3.0, 73.1, 0.5),     # exactly 1 point below: in
+            _row("hidden-anchor", 0.1, 27.2, 1.5, 83.1, 0.2),  # the lowest HS of those in
+            _row("safelora", 0, 22.0, 0.0, 73.0, 0.0)]        # 1.1 below: out
+    rows = [{**r, "seeds": [0, 1]} for r in rows]
+    assert headline(rows) == ("At SFT's accuracy (FA ≥ 73.1: SFT's 74.1 less 1 point), the lowest HS is "
+                              "hidden-anchor λ=0.1's: 27.2 ± 1.5 at FA 83.1 ± 0.2 (2 seeds), +9.2 points from the "
+                              "aligned model's HS 18.0: not within 5 points.")
+    rows[4] = {**rows[4], "hs": 22.9}
+    assert headline(rows).endswith("+4.9 points from the aligned model's HS 18.0: within 5 points.")
+    lower = [r for r in rows if r["method"] in ("aligned", "sft", "l2", "safelora")]
+    assert headline(lower).endswith("no method; none keeps FA within 1 point of SFT.")
+    assert headline([r for r in rows if r["method"] != "sft"]) is None
+
+
+def test_summary_table_sets_each_method_beside_the_control_curve_with_its_cost():
+    from asft.report.tables import summary_table
+
+    rows = [_row("aligned", 0, 2.0, 0.0, 40.0, 0.0), _row("sft", 0, 60.0, 2.0, 95.0, 1.0),
+            _row("l2", 100, 10.0, 1.0, 70.0, 1.0),
+            _row("act-anchor", 10, 1.0, 0.5, 90.0, 1.0),    # l2 curve at FA 90: 10 + 0.8 * 50 = 50 -> wins by 49
+            _row("safeinstr", 0, 59.0, 0.0, 94.0, 0.0),     # one seed; the curve at FA 94: 10 + 0.96 * 50
+            _row("hidden-anchor", 1, 5.0, 0.0, 30.0, 0.0),   # below the curve's FA range (40-95)
+            _row("hidden-anchor", 0.1, 20.0, 1.0, 97.0, 0.5)]  # above it: more accurate than SFT
+    rows = [{**r, "seeds": [0] if r["method"] == "safeinstr" else [0, 1]} for r in rows]
+    rows[3].update(train_seconds=1500.0, eval_seconds=300.0, hs_rejudged=2.0)
+    rows[1].update(train_seconds=1200.0, eval_seconds=30.0)
+    lines = summary_table(rows, "keyword-plus").splitlines()
+    assert lines[0] == ("| setting | seeds | HS % | HS % (keyword-plus) | FA % | vs l2 at matched FA | train min/run | "
+                        "eval min/run |")
+    by = {line.split(" | ")[0].lstrip("| "): line for line in lines[2:]}
+    assert by["act-anchor λ=10"] == "| act-anchor λ=10 | 2 | 1.0 ± 0.5 | 2.0 | 90.0 ± 1.0 | WINS by 49.0 | 25 | 5.0 |"
+    assert by["SFT"] == "| SFT | 2 | 60.0 ± 2.0 | - | 95.0 ± 1.0 | - | 20 | 0.5 |"
+    assert "| one seed (l2: 58.0) |" in by["SafeInstr"]
+    assert "| outside l2's FA range |" in by["hidden-anchor λ=1"]
+    assert "| FA above l2's range (its top, SFT: HS 60.0 at FA 95.0) |" in by["hidden-anchor λ=0.1"]
+    long = {line.split(":")[0]: line for line in verdict(rows)}
+    assert ("vs the l2 curve: FA 97.0 is outside its range (40.0-95.0): no verdict at matched FA (the curve's most "
+            "accurate point, SFT, has HS 60.0 ± 2.0)") in long["hidden-anchor λ=0.1"]
+    assert "FA 30.0 is outside its range (40.0-95.0): no verdict at matched FA;" in long["hidden-anchor λ=1"]
+    assert by["aligned (no fine-tuning)"].startswith("| aligned (no fine-tuning) | - | 2.0 | - | 40.0 | - | - |")
+    no_l2 = summary_table([r for r in rows if r["method"] != "l2"])
+    assert "| no l2 runs |" in no_l2 and "keyword-plus" not in no_l2

@@ -44,6 +44,11 @@ def aggregate(rows: Sequence[dict]) -> list[dict]:
                 row[f"{key}_se"] = standard_error(seeds)
         if items:
             row["items"] = items
+        # what one run costs, as measured (an evaluation that resumed timed only its rest: left out)
+        for key, runs in (("train_seconds", rs), ("eval_seconds", [r for r in rs if not r.get("eval_resumed")])):
+            times = [r[key] for r in runs if r.get(key) is not None]
+            if times:
+                row[key] = round(statistics.fmean(times), 1)
         eig = [r["c_max_eig"] for r in rs if "c_max_eig" in r]
         if eig:
             row["c_max_eig"] = round(statistics.fmean(eig), 4)

@@ -125,12 +125,14 @@ def write_report(runs: list[dict], out: str | Path, paper: str | Path | None = N
     from asft.report.aggregate import aggregate, results_document
     from asft.report.charts import sweep_chart, tradeoff_chart
     from asft.report.paper import load_paper_numbers, paper_beside
-    from asft.report.tables import main_table, runs_table, sort_key, sweep_table, to_csv, verdict
+    from asft.report.tables import (headline, main_table, runs_table, sort_key, summary_table, sweep_table, to_csv,
+                                    verdict)
 
     out = Path(out)
     table = sorted(aggregate(runs), key=lambda r: (r["task"], r.get("n") or 0, r.get("p") or 0, *sort_key(r)))
     tasks = sorted({r["task"] for r in table})
     verdicts: list[str] = []
+    headlines: list[str] = []
     md = [f"# {title}\n", f"{len(runs)} runs; HS: % of harmful prompts the judge flags (lower is better); "
           "FA: task accuracy (higher is better); mean ± std over seeds; bold: best fine-tuned value "
           "per column.\n"]
@@ -138,7 +140,13 @@ def write_report(runs: list[dict], out: str | Path, paper: str | Path | None = N
     for n, p in cells:
         md += [f"\n## n = {n}, p = {p}\n\n", main_table(table, n, p)]
         for t in tasks:
-            lines = verdict(_cell_rows(table, t, n, p))
+            cell = _cell_rows(table, t, n, p)
+            line = headline(cell)
+            if line:
+                headlines.append(f"{t}, n = {n}, p = {p}: {line}")
+                md += [f"\n{line}\n\nEvery method ({t}; mean ± std over seeds; cost as measured):\n\n",
+                       summary_table(cell, rejudged_by)]
+            lines = verdict(cell)
             verdicts += lines
             if lines:
                 md += [f"\nEach method against the l2 control and SFT ({t}):\n\n"] + [f"- {x}\n" for x in lines]
@@ -181,6 +189,7 @@ def write_report(runs: list[dict], out: str | Path, paper: str | Path | None = N
     out.mkdir(parents=True, exist_ok=True)
     doc = results_document(config or {}, table, runs=runs)
     doc["verdict"] = verdicts
+    doc["headline"] = headlines
     if rejudged_by:
         doc["rejudged_by"] = rejudged_by
     write_json(out / "results.json", doc)
