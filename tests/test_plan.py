@@ -220,6 +220,13 @@ def test_killed_experiment_resumes_without_redoing_finished_runs(toy_world, tmp_
     doc = json.loads((out / "results.json").read_text())
     assert {r["group"] for r in doc["rows"]} == {"aligned", "sft", "safelora", "l2-lam10"}
     assert (out / "report.html").is_file() and (out / "results.csv").is_file()
+    # a finished run made under another key (here: a planted one) is not counted as kept: it is redone
+    stale = sorted(out.rglob("row.json"))[-1].parent
+    (stale / "key.txt").write_text("0123456789abcdef\n")
+    logs = []
+    run_experiment(path, out, log=logs.append)
+    assert "3 already done (kept), 1 done under another key (other model, data or settings: redone)" in logs[0]
+    assert (stale / "key.txt").read_text().strip() != "0123456789abcdef"
 
 
 def test_shipped_configs(tmp_path):
