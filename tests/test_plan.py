@@ -258,8 +258,8 @@ def test_real_model_configs(tmp_path, name):
     if not (path.parent / raw["safety_data"]).is_file():
         pytest.skip(f"no safety data {raw['safety_data']} (scripts/real-protocol.sh makes it)")
     plan = load_plan(path, tmp_path / name, log=lambda m: None)
-    # the aligned model; per seed 13 runs, and SafeInstr, BEA, Lisa at seed 0 only
-    assert len(plan.jobs) == 1 + 16 + 13
+    # the aligned model; per seed 14 runs, and SafeInstr, BEA, Lisa at seed 0 only
+    assert len(plan.jobs) == 1 + 17 + 14
     assert sorted(j.spec.name for j in plan.jobs if j.spec.method in ("safeinstr", "bea", "lisa")) == [
         "bea-s0", "lisa-s0", "safeinstr-s0"]
 
