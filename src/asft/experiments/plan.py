@@ -334,13 +334,6 @@ def load_plan(path: str | Path, out: str | Path, log: Callable[[str], None] = pr
     return Plan(name=str(raw.get("name", path.stem)), jobs=jobs, config=config)
 
 
-def _key_matches(job) -> bool:
-    """A finished run folder was made under the key its settings have now (``runs.run_one`` keeps it)."""
-    key_path = job.folder / "key.txt"
-    want = job.setting.key(eval_only=not job.spec.kind.fine_tunes)
-    return key_path.is_file() and key_path.read_text().strip() == want
-
-
 def run_experiment(config: str | Path, out: str | Path, shard: str | None = None, workers: int | None = None,
                    log: Callable[[str], None] = print, on_row=None, on_plan=None,
                    allow_plugins: Sequence[str] = (), report_to: Sequence[str] | None = None,
@@ -352,7 +345,7 @@ def run_experiment(config: str | Path, out: str | Path, shard: str | None = None
     """
     import time
 
-    from asft.experiments.runs import run_jobs
+    from asft.experiments.runs import made_under, run_jobs, run_key
     from asft.report import collect_rows, write_report
 
     t0 = time.perf_counter()
@@ -362,12 +355,12 @@ def run_experiment(config: str | Path, out: str | Path, shard: str | None = None
     if on_plan is not None:
         on_plan(plan)
     jobs = plan.shard(index, count)
-    finished = [j for j in jobs if (j.folder / "row.json").is_file()]
-    kept = sum(_key_matches(j) for j in finished)  # the others were made under another key: redone
+    done_before = [j for j in jobs if (j.folder / "row.json").is_file()]
+    kept = sum(made_under(j.folder, run_key(j.spec, j.setting)) for j in done_before)  # the others: redone
     log(f"{plan.name}: {len(plan.jobs)} runs" + (f", shard {index}/{count}: {len(jobs)}" if count > 1 else "")
         + (f", {kept} already done (kept)" if kept else "")
-        + (f", {len(finished) - kept} done under another key (other model, data or settings: redone)"
-           if len(finished) > kept else ""))
+        + (f", {len(done_before) - kept} done under another key (other model, data or settings: redone)"
+           if len(done_before) > kept else ""))
     workers = workers or int(plan.config.get("workers") or 1)
     rows = run_jobs([(j.spec, j.setting, j.parent) for j in jobs], on_row=on_row, workers=workers)
     finished = sum((j.folder / "row.json").is_file() for j in plan.jobs)

@@ -187,6 +187,17 @@ def evaluate_run(spec: RunSpec, setting: Setting, run_dir: Path, adapter: Path |
     return {"hs": res[setting.harmful_suite].hs, "fa": res[setting.task_suite].fa}
 
 
+def run_key(spec: RunSpec, setting: Setting) -> str:
+    """The key a run folder is made under (its ``key.txt``): what its result depends on."""
+    return setting.key(eval_only=not spec.kind.fine_tunes)
+
+
+def made_under(run_dir: Path, key: str) -> bool:
+    """``run_dir`` was made under ``key``: its files belong to these settings (otherwise it is redone)."""
+    key_path = run_dir / "key.txt"
+    return key_path.is_file() and key_path.read_text().strip() == key
+
+
 def run_one(spec: RunSpec, setting: Setting, out_dir: Path, progress: bool = False,
             key: str | None = None) -> dict:
     """Train + evaluate one run; returns its result row (also saved as ``row.json``).
@@ -203,9 +214,9 @@ def run_one(spec: RunSpec, setting: Setting, out_dir: Path, progress: bool = Fal
 
 
 def _run_one(spec: RunSpec, setting: Setting, run_dir: Path, progress: bool, key: str | None) -> dict:
-    key = key or setting.key(eval_only=not spec.kind.fine_tunes)
+    key = key or run_key(spec, setting)
     key_path, row_path = run_dir / "key.txt", run_dir / "row.json"
-    if run_dir.exists() and (not key_path.is_file() or key_path.read_text().strip() != key):
+    if run_dir.exists() and not made_under(run_dir, key):
         shutil.rmtree(run_dir)
     if row_path.is_file():
         return read_json(row_path)
@@ -264,7 +275,7 @@ def run_jobs(jobs: Sequence[tuple[RunSpec, Setting, Path]],
 
     def args(i: int) -> tuple:
         spec, setting, parent = jobs[i]
-        return spec, setting, Path(parent), False, setting.key(eval_only=not spec.kind.fine_tunes)
+        return spec, setting, Path(parent), False, run_key(spec, setting)
 
     def done(i: int, row: dict) -> None:
         rows[i] = row

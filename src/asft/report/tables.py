@@ -102,6 +102,12 @@ def control_curve(rows: Sequence[dict]) -> list[dict]:
     return frontier[::-1]
 
 
+def _curve_of(rows: Sequence[dict]) -> list[dict]:
+    """``control_curve`` of rows that hold the control's own runs; [] without them (SFT and the aligned
+    model alone are no control)."""
+    return control_curve(rows) if any(r["method"] == control_method().name for r in rows) else []
+
+
 def on_curve(curve: list[dict], fa: float) -> tuple[float, float, dict, dict] | None:
     """The control's (HS, HS std) at accuracy ``fa``, linearly interpolated between the two frontier points
     around it (stds likewise), and those points; None when ``fa`` is outside the curve's FA range."""
@@ -218,7 +224,7 @@ def summary_table(rows: Sequence[dict], second: str | None = None) -> str:
     as measured; evaluations that resumed are left out of the mean). ``second``: the name of the judge
     of ``hs_rejudged``, which gets a column when given."""
     control, plain = control_method().name, plain_method().name
-    curve = control_curve(rows) if any(r["method"] == control for r in rows) else []
+    curve = _curve_of(rows)
     head = ["setting", "seeds", "HS %"] + ([f"HS % ({second})"] if second else []) + [
         "FA %", f"vs {control} at matched FA", "train min/run", "eval min/run"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -244,7 +250,7 @@ def _comparisons(rows: Sequence[dict]):
     control, plain = control_method().name, plain_method().name
     controls = [r for r in rows if r["method"] == control]
     sft = next((r for r in rows if r["method"] == plain), None)
-    curve = control_curve(rows) if controls else []
+    curve = _curve_of(rows)
     for r in sorted((r for r in rows if r["method"] not in (control, plain) and fine_tuned(r)), key=sort_key):
         yield r, curve, _matched_control(r, controls), sft
 
