@@ -23,7 +23,12 @@ mkdir -p "$runs"
 [ -f "$runs/safety-sst2.json" ] || asft data safety --reference "$ref" --n 500 --out "$runs/safety-sst2.json" \
     --exclude "$ref/train/SST2/SST2_1k_p_0.1.json"
 if [ -d "$results/answers" ]; then  # what earlier sessions committed; kept only where the key matches
-  mkdir -p "$out/runs" && cp -rn "$results/answers/." "$out/runs/"
+  # whole folders, in place of unfinished ones (no row.json): a half-made run's key.txt beside a
+  # committed row.json would pass for a finished run
+  (cd "$results/answers" && find . -name row.json -printf '%h\n') | while read -r run; do
+    [ -f "$out/runs/$run/row.json" ] && continue
+    rm -rf "${out:?}/runs/$run" && mkdir -p "$(dirname "$out/runs/$run")" && cp -r "$results/answers/$run" "$out/runs/$run"
+  done
 fi
 if [ "${2:-}" != report ]; then
   asft experiment "configs/${which}_sst2.yaml" --out "$out" --workers "${WORKERS:-1}"

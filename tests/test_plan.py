@@ -13,6 +13,7 @@ import yaml
 
 from asft.errors import AsftError
 from asft.experiments.plan import load_plan, parse_shard, run_experiment
+from asft.experiments.runs import run_key, run_state
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -294,3 +295,46 @@ def test_overrides_and_a_dry_run_that_builds_nothing(toy_world, tmp_path):
     # a real plan builds the anchor once everything is checked
     load_plan(path, out)
     assert (out / "anchor.safetensors").is_file()
+
+
+def test_a_dry_run_checks_the_key_of_a_finished_run(toy_world, tmp_path):
+    """--dry-run says "done" only for a run made under this plan's key: another key is "redo", and a
+    key it cannot compute (the anchor is not built yet) is "done?" with the missing file named."""
+    path = _config(tmp_path, toy_world, methods=["sft", {"method": "asft", "lam": 1}])
+    out = tmp_path / "out"
+    job = load_plan(path, out, dry_run=True).jobs[0]
+    job.folder.mkdir(parents=True)
+    (job.folder / "row.json").write_text("{}")
+    (job.folder / "key.txt").write_text("another key")
+
+    def dry_run() -> str:
+        res = subprocess.run([sys.executable, "-m", "asft", "experiment", str(path), "--out", str(out), "--dry-run"],
+                             capture_output=True, text=True, cwd=tmp_path, env={**os.environ, "COLUMNS": "400"})
+        assert res.returncode == 0, res.stderr
+        return res.stdout
+
+    assert run_state(job.spec, job.setting, job.folder) == (
+        "done?", f"key unchecked: no {out / 'anchor.safetensors'}")
+    assert f"done?  {job.folder}  (key unchecked: no" in dry_run()
+    job = load_plan(path, out).jobs[0]  # builds the anchor and the data mix: the key can be computed
+    assert run_state(job.spec, job.setting, job.folder) == ("redo", "finished under another key")
+    assert f"redo   {job.folder}  (finished under another key)" in dry_run()
+    (job.folder / "key.txt").write_text(run_key(job.spec, job.setting))
+    assert run_state(job.spec, job.setting, job.folder) == ("done", "")
+    listed = dry_run()
+    assert listed.count("to do") == 1 and f"done   {job.folder}\n" in listed
+
+
+def test_a_runs_key_does_not_depend_on_the_methods_run_beside_it(toy_world, tmp_path):
+    """`methods=[l2]` on the command line makes the run the whole config makes: the same key (the
+    anchor and the safety data are in it either way), so neither call redoes the other's runs."""
+    path = _config(tmp_path, toy_world, methods=["sft", {"method": "l2", "lam": 10}, {"method": "asft", "lam": 1},
+                                                 {"method": "act-anchor", "lam": 1}])
+    keys = {}
+    for methods in (None, "[sft, {method: l2, lam: 10}]", "[sft, {method: act-anchor, lam: 1}]",
+                    "[sft, {method: asft, lam: 1}]"):
+        plan = load_plan(path, tmp_path / "out", overrides=[f"methods={methods}"] if methods else [])
+        for job in plan.jobs:
+            assert job.setting.anchor is not None and job.setting.train.get("safety_data")
+            keys.setdefault(job.spec.name, set()).add(run_key(job.spec, job.setting))
+    assert len(keys) == 4 and all(len(k) == 1 for k in keys.values()), keys

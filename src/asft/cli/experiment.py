@@ -41,6 +41,7 @@ def run(args: argparse.Namespace) -> int:
     from asft.cli import console as make_console, print_markdown
 
     from asft.experiments.plan import load_plan, parse_shard, run_experiment
+    from asft.experiments.runs import run_state
 
     console = make_console()
     allow = [*args.allow_plugin, *getattr(args, "plugin", [])]  # --plugin MODULE was imported already
@@ -49,8 +50,8 @@ def run(args: argparse.Namespace) -> int:
         plan = load_plan(args.config, args.out, log=console.print, allow_plugins=allow, overrides=args.overrides,
                          dry_run=True)
         for job in plan.shard(index, count):
-            state = "done" if (job.folder / "row.json").is_file() else "to do"
-            console.print(f"{state:6} {job.folder}")
+            state, why = run_state(job.spec, job.setting, job.folder)
+            console.print(f"{state:6} {job.folder}" + (f"  ({why})" if why else ""))
         return 0
 
     def on_row(spec, row):

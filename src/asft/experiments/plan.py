@@ -211,12 +211,14 @@ def load_plan(path: str | Path, out: str | Path, log: Callable[[str], None] = pr
     methods = _methods(raw.get("methods"), path)
     names = {m for m, _, _, _ in methods}
     chosen = [m for m in all_methods() if m.name in names]
+    # The anchor and the safety data are part of every run's key whenever the config provides them,
+    # whichever methods this call runs: a run made by `methods=[l2]` is the one the whole config makes.
     anchor = rel(raw["anchor"]) if raw.get("anchor") else None
     need = [m.name for m in chosen if m.needs_anchor]
-    build_anchor = need and anchor is None  # built once everything else is checked
+    build_anchor = anchor is None and base is not None  # built once everything else is checked
+    if need and anchor is None and base is None:
+        raise AsftError(f"{path}: methods {', '.join(need)} need anchor: FILE or base: DIR")
     if build_anchor:
-        if base is None:
-            raise AsftError(f"{path}: methods {', '.join(need)} need anchor: FILE or base: DIR")
         anchor = out / "anchor.safetensors"
     from asft.training.config import check_dashboards, options as train_options
 
@@ -235,18 +237,17 @@ def load_plan(path: str | Path, out: str | Path, log: Callable[[str], None] = pr
         raise AsftError(f"{path}: train option {bad[0]!r} is set by the experiment itself (per run)")
     safety = raw.get("safety_data")
     need = [m.name for m in chosen if m.needs_safety_data]
-    if need:
+    make_safety = None  # the toy world's safety data: written once everything else is checked
+    if need or safety is not None or world is not None:
         if safety is None and world is not None:  # the toy world supplies its own
             safety = out / "data" / "safety.json"
-            if not dry_run:
-                write_json(safety, world.safety_records())
+            make_safety = world.safety_records
         elif isinstance(safety, dict):  # {world: benign}: the control of the data anchors
             if world is None or safety != {"world": "benign"}:
                 raise AsftError(f"{path}: safety_data should be a file, or {{world: benign}} with a toy world "
                                 f"(its benign requests answered by the aligned model), got {safety!r}")
             safety = out / "data" / "benign.json"
-            if not safety.is_file() and not dry_run:
-                write_json(safety, world.benign_records())
+            make_safety = None if safety.is_file() else world.benign_records
         if safety is None:
             raise AsftError(f"{path}: methods {', '.join(need)} need safety_data: FILE "
                             "(`asft data safety` makes one)")
@@ -317,10 +318,12 @@ def load_plan(path: str | Path, out: str | Path, log: Callable[[str], None] = pr
                 train_config(job.spec, job.setting, job.folder / "adapter").validate()
             except (AsftError, TypeError) as e:
                 raise AsftError(f"{path}: run {job.spec.name}: {e}") from None
+    if make_safety is not None and not dry_run:
+        write_json(safety, make_safety())
     if build_anchor and not dry_run:
         anchor_for(base, model, anchor, log)
     config = {"file": str(path), **raw, **({"overrides": list(overrides)} if overrides else {})}
-    if train.get("safety_data") and eval_dir is not None:
+    if any(m.needs_safety_data for m in chosen) and eval_dir is not None:
         # a safety anchor must never be built from the prompts it is scored on: say how many it shares
         from asft.data import load_records, prompt_overlap
         from asft.evaluation.suites import load_suite

@@ -91,6 +91,14 @@ class Setting:
             memo[eval_only] = self._key(eval_only)
         return memo[eval_only]
 
+    def key_files(self, eval_only: bool = False) -> list[Path]:
+        """The files and folders ``key`` hashes: it can be computed once all of them exist."""
+        files = [Path(self.model), Path(self.eval_dir)]
+        if not eval_only:
+            safety = self.train.get("safety_data")
+            files += [Path(f) for f in (self.data, self.anchor, safety) if f]
+        return files
+
     def _key(self, eval_only: bool) -> str:
         from asft.models.checkpoints import fingerprint
         from asft.runtime import result_key
@@ -196,6 +204,21 @@ def made_under(run_dir: Path, key: str) -> bool:
     """``run_dir`` was made under ``key``: its files belong to these settings (otherwise it is redone)."""
     key_path = run_dir / "key.txt"
     return key_path.is_file() and key_path.read_text().strip() == key
+
+
+def run_state(spec: RunSpec, setting: Setting, run_dir: Path) -> tuple[str, str]:
+    """What ``asft experiment`` would do with ``run_dir`` (``--dry-run``), and why: "to do"; "done"
+    (made under this key: kept); "redo" (finished under another key: another model, data, anchor or
+    options); or "done?" when the key cannot be computed yet because a file it hashes is not built
+    (a dry run builds neither the anchor nor the data mixes)."""
+    if not (run_dir / "row.json").is_file():
+        return "to do", ""
+    missing = [f for f in setting.key_files(eval_only=not spec.kind.fine_tunes) if not f.exists()]
+    if missing:
+        return "done?", f"key unchecked: no {missing[0]}"
+    if made_under(run_dir, run_key(spec, setting)):
+        return "done", ""
+    return "redo", "finished under another key"
 
 
 def run_one(spec: RunSpec, setting: Setting, out_dir: Path, progress: bool = False,
