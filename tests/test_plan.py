@@ -338,3 +338,7 @@ def test_a_runs_key_does_not_depend_on_the_methods_run_beside_it(toy_world, tmp_
             assert job.setting.anchor is not None and job.setting.train.get("safety_data")
             keys.setdefault(job.spec.name, set()).add(run_key(job.spec, job.setting))
     assert len(keys) == 4 and all(len(k) == 1 for k in keys.values()), keys
+    # so a safety data file the config names must exist even when no method of this call reads it
+    path = _config(tmp_path, toy_world, methods=["sft"], safety_data="missing.json")
+    with pytest.raises(AsftError, match=f"safety_data {tmp_path / 'missing.json'}: file not found"):
+        load_plan(path, tmp_path / "out2", dry_run=True)

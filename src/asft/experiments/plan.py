@@ -251,6 +251,8 @@ def load_plan(path: str | Path, out: str | Path, log: Callable[[str], None] = pr
         if safety is None:
             raise AsftError(f"{path}: methods {', '.join(need)} need safety_data: FILE "
                             "(`asft data safety` makes one)")
+        if make_safety is None and not rel(safety).is_file():  # in every run's key, whichever methods run
+            raise AsftError(f"{path}: safety_data {rel(safety)}: file not found")
         train["safety_data"] = str(rel(safety))
     from asft.evaluation.run import eval_store
 
