@@ -350,7 +350,7 @@ def run_experiment(config: str | Path, out: str | Path, shard: str | None = None
     """
     import time
 
-    from asft.experiments.runs import made_under, run_jobs, run_key
+    from asft.experiments.runs import run_jobs, run_state
     from asft.report import collect_rows, write_report
 
     t0 = time.perf_counter()
@@ -360,12 +360,11 @@ def run_experiment(config: str | Path, out: str | Path, shard: str | None = None
     if on_plan is not None:
         on_plan(plan)
     jobs = plan.shard(index, count)
-    done_before = [j for j in jobs if (j.folder / "row.json").is_file()]
-    kept = sum(made_under(j.folder, run_key(j.spec, j.setting)) for j in done_before)  # the others: redone
+    states = [run_state(j.spec, j.setting, j.folder)[0] for j in jobs]  # what --dry-run lists
+    kept, redone = states.count("done"), states.count("redo")
     log(f"{plan.name}: {len(plan.jobs)} runs" + (f", shard {index}/{count}: {len(jobs)}" if count > 1 else "")
         + (f", {kept} already done (kept)" if kept else "")
-        + (f", {len(done_before) - kept} done under another key (other model, data or settings: redone)"
-           if len(done_before) > kept else ""))
+        + (f", {redone} done under another key (other model, data or settings: redone)" if redone else ""))
     workers = workers or int(plan.config.get("workers") or 1)
     rows = run_jobs([(j.spec, j.setting, j.parent) for j in jobs], on_row=on_row, workers=workers)
     finished = sum((j.folder / "row.json").is_file() for j in plan.jobs)
