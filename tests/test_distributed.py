@@ -226,3 +226,25 @@ def test_accelerate_fsdp_plugin_runs_asfts_fsdp2_for_a_penalty_method(toy_world,
     wb = load_file(tmp_path / "two" / "adapter_model.safetensors")
     for k in wa:
         torch.testing.assert_close(wb[k], wa[k], rtol=1e-4, atol=1e-6)
+
+
+def test_a_finished_command_closes_the_process_group_a_launch_opened(toy_world, tmp_path):
+    """Before: `asft train` under torchrun left gloo's group to the interpreter's exit, where its worker
+    threads now and then aborted a finished, saved run ("terminate called without an active exception",
+    exit -6; one CI run in about 30). The CLI now destroys it after a command ends well, and leaves it
+    after an error (a collective with a dead peer would hang)."""
+    script = f"""
+import torch.distributed as dist
+dist.init_process_group("gloo", init_method="file://{tmp_path / 'store'}", rank=0, world_size=1)
+from asft.cli import main
+from asft.runtime import close_process_group
+bad = main(["anchor", "--aligned", "{toy_world.aligned}", "--out", "{tmp_path / 'a.safetensors'}"])
+after_error = dist.is_initialized()
+good = main(["anchor", "--base", "{toy_world.base}", "--aligned", "{toy_world.aligned}",
+             "--out", "{tmp_path / 'a.safetensors'}"])
+print("states", bad, after_error, good, dist.is_initialized(), close_process_group())
+"""
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.splitlines()[-1].split() == ["states", "2", "True", "0", "False", "False"]

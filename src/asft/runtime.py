@@ -13,6 +13,11 @@ Environment. ``environment()`` is written into world.json, train_summary.json an
 library versions, the CPU instruction set torch dispatches to, threads and device.
 ``result_key()`` is the part of it that can change numbers (versions, instruction set, device),
 which the caches of the toy world, experiment runs and evaluations include.
+
+Process group. A command launched by torchrun / accelerate ends with ``close_process_group()``:
+left to the interpreter's exit, gloo's worker threads are torn down at random against its
+finalisation ("terminate called without an active exception", the process killed by SIGABRT
+after a finished, saved run; pytorch/pytorch#190489).
 """
 
 from __future__ import annotations
@@ -58,6 +63,18 @@ def apply_threads(override: int | None = None) -> tuple[int, int]:
     n = thread_count(override)
     torch.set_num_threads(n)
     return n, prev
+
+
+def close_process_group() -> bool:
+    """Destroy torch.distributed's default process group if this process holds one (one per rank,
+    after its last collective); True when it did. Never imports torch itself."""
+    import sys
+
+    dist = sys.modules.get("torch.distributed")
+    if dist is None or not dist.is_available() or not dist.is_initialized():
+        return False
+    dist.destroy_process_group()
+    return True
 
 
 def cpu_capability() -> str:

@@ -147,10 +147,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     _notes(args.command)
     try:
-        from asft.runtime import apply_threads
+        from asft.runtime import apply_threads, close_process_group
 
         apply_threads(args.threads)
         rc = args.func(args)
+        close_process_group()  # a finished command under torchrun; not after an error (no deadlock on a dead peer)
     except AsftError as e:
         print(f"asft {args.command}: error: {e}", file=sys.stderr)
         return 2
