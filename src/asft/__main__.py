@@ -1,5 +1,3 @@
-import sys
+from asft.cli import entry
 
-from asft.cli import main
-
-sys.exit(main())
+entry()

@@ -14,10 +14,10 @@ library versions, the CPU instruction set torch dispatches to, threads and devic
 ``result_key()`` is the part of it that can change numbers (versions, instruction set, device),
 which the caches of the toy world, experiment runs and evaluations include.
 
-Process group. A command launched by torchrun / accelerate ends with ``close_process_group()``:
-left to the interpreter's exit, gloo's worker threads are torn down at random against its
-finalisation ("terminate called without an active exception", the process killed by SIGABRT
-after a finished, saved run; pytorch/pytorch#190489).
+Process group. A command launched by torchrun / accelerate ends with ``close_process_group()``
+and leaves without the interpreter's finalisation (``asft.cli.entry``): left to it, gloo's
+threads were torn down at random against it ("terminate called without an active exception", a
+finished, saved run killed by SIGABRT; pytorch/pytorch#190489).
 """
 
 from __future__ import annotations
@@ -66,13 +66,14 @@ def apply_threads(override: int | None = None) -> tuple[int, int]:
 
 
 def close_process_group() -> bool:
-    """Destroy torch.distributed's default process group if this process holds one (one per rank,
-    after its last collective); True when it did. Never imports torch itself."""
+    """End torch.distributed's default process group if this process holds one: a barrier (every rank
+    has finished, rank 0 has saved), then destroy it; True when it did. Never imports torch itself."""
     import sys
 
     dist = sys.modules.get("torch.distributed")
     if dist is None or not dist.is_available() or not dist.is_initialized():
         return False
+    dist.barrier()
     dist.destroy_process_group()
     return True
 
